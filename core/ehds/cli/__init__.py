@@ -1,0 +1,1 @@
+"""The ehds command line."""

@@ -1,0 +1,1 @@
+"""The shared kernel: what every component needs and nothing component-specific."""
