@@ -11,10 +11,9 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ehds.omop.synth import SynthOptions, generate
-
     from ehds.omop.database import CdmDatabase
     from ehds.omop.profile import profile_cdm
+    from ehds.omop.synth import SynthOptions, generate
 
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)

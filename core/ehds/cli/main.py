@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ehds.cli import demo_command, omop_commands
+from ehds.cli import demo_command, omop_commands, pki_commands
 from ehds.core.errors import EhdsError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     areas = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     omop_commands.register(areas)
+    pki_commands.register(areas)
     demo_command.register(areas)
     return parser
 

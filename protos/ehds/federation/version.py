@@ -1,0 +1,19 @@
+"""The version of the federation protocol (package `ehds.federation.v1`) that this code speaks.
+
+A node announces it in `Hello.protocol_version`; the coordinator answers in `Welcome` with the
+version the stream will use: the same major, the lower of the two minors. A different major is a
+different protobuf package (`ehds.federation.v2`) and the coordinator refuses the stream.
+
+Bump the MINOR version with every change to the `.proto` files that a peer could notice (a new
+field, message, oneof case or enum value): a coordinator must know which of them a node speaking
+an older minor version can send and understand. Kept as plain integers, not read from the
+generated code, so that a test can run a node that speaks the previous minor version.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROTOCOL_MAJOR: Final = 1
+PROTOCOL_MINOR: Final = 0
+PROTOCOL_VERSION: Final[tuple[int, int]] = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
