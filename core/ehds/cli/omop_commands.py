@@ -44,9 +44,10 @@ def _vocab_load(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from ehds.omop.synth import SynthOptions, generate
 
-    report = generate(
-        _db(args), SynthOptions(persons=args.persons, seed=args.seed, profile=args.profile)
+    options = SynthOptions(
+        persons=args.persons, seed=args.seed, profile=args.profile, id_offset=args.id_offset
     )
+    report = generate(_db(args), options)
     print(report.render())
     return 0
 
@@ -94,6 +95,12 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     synth.add_argument("--persons", type=int, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--profile", choices=["fr", "fi", "dk"], default="fr")
+    synth.add_argument(
+        "--id-offset",
+        type=int,
+        default=0,
+        help="added to every generated id, so that several nodes hold disjoint ids",
+    )
     _add_db(synth)
     synth.set_defaults(handler=_synth)
 

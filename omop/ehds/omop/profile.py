@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ehds.core.errors import StateError
 from ehds.omop.database import CdmDatabase
 from ehds.omop.schema.layout import CDM_TABLES, RESULTS_TABLES, VOCAB_TABLES
 from ehds.omop.schema.models import CdmSource, ObservationPeriod, Person, Vocabulary, metadata
@@ -36,6 +37,7 @@ class CdmProfile:
     vocabulary_version: str | None
     reference_date: dt.date | None
     counts: dict[str, int]
+    missing_tables: list[str]
     persons_by_sex_age: dict[tuple[str, str], int]
     date_ranges: list[DateRange]
 
@@ -58,6 +60,11 @@ class CdmProfile:
         empty = [t for t, c in self.counts.items() if not c]
         if empty:
             lines.append(f"  ({len(empty)} empty tables: {', '.join(empty)})")
+        if self.missing_tables:
+            lines.append(
+                f"  ({len(self.missing_tables)} tables missing from the database: "
+                f"{', '.join(self.missing_tables)})"
+            )
         lines += ["", "Persons by sex and age band (age at the reference date)"]
         sexes = sorted({sex for sex, _ in self.persons_by_sex_age})
         bands = sorted({band for _, band in self.persons_by_sex_age}, key=_band_order)
@@ -97,9 +104,40 @@ def _tables_in_spec_order() -> list[sa.Table]:
     return [by_name[n] for n in (*CDM_TABLES, *VOCAB_TABLES, *RESULTS_TABLES)]
 
 
+class NoCdmError(StateError):
+    pass
+
+
+_EXISTING_SQL = sa.text(
+    "SELECT table_schema, table_name FROM information_schema.tables "
+    "WHERE table_schema IN (:cdm, :vocab, :results)"
+)
+
+
 def profile_cdm(db: CdmDatabase) -> CdmProfile:
-    tables = _tables_in_spec_order()
+    if db.backend.value == "duckdb" and not db.duckdb_path.exists():
+        raise NoCdmError(f"{db.describe()} does not exist: create it with ehds omop init or load")
     with db.connect(read_only=True) as conn:
+        names = db.schemas
+        existing = {
+            (row.table_schema, row.table_name)
+            for row in conn.execute(
+                _EXISTING_SQL,
+                {"cdm": names.cdm, "vocab": names.vocab, "results": names.results},
+            )
+        }
+        present = [
+            t for t in _tables_in_spec_order() if (db.table(t.name).schema, t.name) in existing
+        ]
+        missing = [t.name for t in _tables_in_spec_order() if t not in present]
+        required = {"person", "observation_period", "cdm_source"}
+        if required & set(missing):
+            raise NoCdmError(
+                f"no OMOP CDM in {db.describe()} (schema {names.cdm!r}): tables "
+                f"{sorted(required & set(missing))} are missing; create it with ehds omop init "
+                "or load"
+            )
+        tables = present
         counts = {
             table.name: int(
                 conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
@@ -109,9 +147,13 @@ def profile_cdm(db: CdmDatabase) -> CdmProfile:
         source = conn.execute(
             sa.select(CdmSource.cdm_version, CdmSource.vocabulary_version).limit(1)
         ).first()
-        vocab_release = conn.execute(
-            sa.select(Vocabulary.vocabulary_version).where(Vocabulary.vocabulary_id == "None")
-        ).scalar_one_or_none()
+        vocab_release = (
+            conn.execute(
+                sa.select(Vocabulary.vocabulary_version).where(Vocabulary.vocabulary_id == "None")
+            ).scalar_one_or_none()
+            if "vocabulary" in counts
+            else None
+        )
         reference = conn.execute(
             sa.select(sa.func.max(ObservationPeriod.observation_period_end_date))
         ).scalar_one_or_none()
@@ -139,6 +181,7 @@ def profile_cdm(db: CdmDatabase) -> CdmProfile:
         vocabulary_version=(source.vocabulary_version if source else None) or vocab_release,
         reference_date=reference,
         counts=counts,
+        missing_tables=missing,
         persons_by_sex_age=by_sex_age,
         date_ranges=ranges,
     )

@@ -1,0 +1,108 @@
+"""The small vocabulary the synthetic CDM ships with: every concept it writes, and their real
+hierarchy.
+
+The rows live in ``vocabulary_subset.json`` beside this module, extracted by
+``omop/scripts/extract_synth_vocabulary.py`` from the OHDSI Eunomia GiBleed CDM (concepts and
+the real SNOMED/RxNorm ``concept_ancestor`` hierarchy; OHDSI vocabulary v5.0 18-JAN-19), from
+the OHDSI Synthea27Nj CDM for concepts GiBleed lacks (vital signs, units, type 2 diabetes,
+hypertension) and, for five concepts in neither, rows copied from the OMOP standardized
+vocabularies (Athena). The file's ``about`` header lists which concept came from where.
+
+Shipping the vocabulary with the data makes a synthetic node self-contained: cohort
+definitions that say "concept X and its descendants" run on it as on a real node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import pyarrow as pa
+
+DATA_FILE = "vocabulary_subset.json"
+
+_SCHEMAS: Mapping[str, pa.Schema] = {
+    "concept": pa.schema(
+        [
+            ("concept_id", pa.int32()),
+            ("concept_name", pa.string()),
+            ("domain_id", pa.string()),
+            ("vocabulary_id", pa.string()),
+            ("concept_class_id", pa.string()),
+            ("standard_concept", pa.string()),
+            ("concept_code", pa.string()),
+            ("valid_start_date", pa.date32()),
+            ("valid_end_date", pa.date32()),
+            ("invalid_reason", pa.string()),
+        ]
+    ),
+    "concept_ancestor": pa.schema(
+        [
+            ("ancestor_concept_id", pa.int32()),
+            ("descendant_concept_id", pa.int32()),
+            ("min_levels_of_separation", pa.int32()),
+            ("max_levels_of_separation", pa.int32()),
+        ]
+    ),
+    "vocabulary": pa.schema(
+        [
+            ("vocabulary_id", pa.string()),
+            ("vocabulary_name", pa.string()),
+            ("vocabulary_reference", pa.string()),
+            ("vocabulary_version", pa.string()),
+            ("vocabulary_concept_id", pa.int32()),
+        ]
+    ),
+    "domain": pa.schema(
+        [
+            ("domain_id", pa.string()),
+            ("domain_name", pa.string()),
+            ("domain_concept_id", pa.int32()),
+        ]
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VocabularySubset:
+    """The subset's tables as Arrow, ready for ``BulkWriter.insert_arrow``."""
+
+    tables: Mapping[str, pa.Table]
+    vocabulary_version: str
+
+    @property
+    def concept_ids(self) -> frozenset[int]:
+        return frozenset(self.tables["concept"].column("concept_id").to_pylist())
+
+
+def _convert(value: Any, field: pa.Field) -> Any:
+    if value is not None and pa.types.is_date32(field.type):
+        return dt.date.fromisoformat(value)
+    return value
+
+
+def _table(name: str, columns: list[str], rows: list[list[Any]]) -> pa.Table:
+    schema = _SCHEMAS[name]
+    if columns != schema.names:
+        raise ValueError(
+            f"{DATA_FILE}: table {name} has columns {columns}, expected {schema.names}"
+        )
+    arrays = [
+        pa.array([_convert(row[i], field) for row in rows], type=field.type)
+        for i, field in enumerate(schema)
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def load_vocabulary_subset() -> VocabularySubset:
+    text = resources.files("ehds.omop.synth").joinpath(DATA_FILE).read_text(encoding="utf-8")
+    document = json.loads(text)
+    tables = {
+        name: _table(name, body["columns"], body["rows"])
+        for name, body in document["tables"].items()
+    }
+    return VocabularySubset(tables, str(document["about"]["vocabulary_version"]))
