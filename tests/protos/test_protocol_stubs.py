@@ -1,4 +1,4 @@
-"""The committed protobuf code is what `python protos/ehds/federation/codegen.py` produces from the `.proto`s.
+"""The committed protobuf code is what `python protos/ehds/federation/codegen.py` produces.
 
 The script runs as a subprocess, exactly as a developer or CI runs it (it is a script, not a
 module of the `ehds` package).

@@ -28,7 +28,9 @@ def _db(args: argparse.Namespace) -> CdmDatabase:
 def _load(args: argparse.Namespace) -> int:
     from ehds.omop.loader import load_cdm
 
-    report = load_cdm(Path(args.source), _db(args))
+    report = load_cdm(
+        Path(args.source), _db(args), renumber_duplicate_keys=args.renumber_duplicate_keys
+    )
     print(report.render())
     return 0
 
@@ -81,6 +83,12 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="load a CDM (CSV or Parquet folder, zip, or DuckDB file; v5.3 is upgraded)",
     )
     load.add_argument("--from", dest="source", required=True, metavar="DIR|ZIP|DUCKDB_FILE")
+    load.add_argument(
+        "--renumber-duplicate-keys",
+        action="store_true",
+        help="keep rows whose integer primary key repeats an earlier row's, with a fresh id "
+        "(for broken public extracts such as Eunomia GiBleed); the default refuses them",
+    )
     _add_db(load)
     load.set_defaults(handler=_load)
 

@@ -40,14 +40,35 @@ class BulkWriter(ABC):
     def __init__(self, db: CdmDatabase, workbench: duckdb.DuckDBPyConnection) -> None:
         self.db = db
         self.workbench = workbench
+        self._deferred_keys: set[str] = set()
 
-    def replace_tables(self, tables: Iterable[str]) -> None:
-        """Drop and re-create ``tables`` empty, with the schemas they live in."""
+    def replace_tables(self, tables: Iterable[str], *, defer_primary_keys: bool = False) -> None:
+        """Drop and re-create ``tables`` empty, with the schemas they live in.
+
+        ``defer_primary_keys``: create them without their primary keys, which
+        ``add_primary_key`` adds once a table is filled (a bulk load then builds each index
+        once instead of inserting every row into it); keys still missing are added before
+        the commit. DuckDB checks a key added in the transaction that created its table only
+        at commit, so a duplicate key then fails the commit; PostgreSQL fails the ALTER."""
         names = list(tables)
         for name in names:
             self.execute(f"DROP TABLE IF EXISTS {self.db.qualified(name)}")
-        for statement in self.db.ddl(names):
+        for statement in self.db.ddl(names, primary_keys=not defer_primary_keys):
             self.execute(statement)
+        if defer_primary_keys:
+            self._deferred_keys.update(names)
+
+    def add_primary_key(self, table: str) -> None:
+        """Add the deferred primary key of ``table`` (no-op when not deferred)."""
+        if table in self._deferred_keys:
+            self._deferred_keys.discard(table)
+            statement = self.db.primary_key_ddl(table)
+            if statement:
+                self.execute(statement)
+
+    def add_deferred_primary_keys(self) -> None:
+        for table in sorted(self._deferred_keys):
+            self.add_primary_key(table)
 
     def ensure_tables(self, tables: Iterable[str]) -> None:
         for statement in self.db.ddl(tables, if_not_exists=True):
@@ -61,13 +82,14 @@ class BulkWriter(ABC):
     def execute(self, sql: str) -> None: ...
 
     @abstractmethod
-    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> None:
-        """Append the rows of ``select_sql``, a query over the workbench, to ``table``."""
+    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> int:
+        """Append the rows of ``select_sql``, a query over the workbench, to ``table``;
+        returns the number of rows appended."""
 
     @abstractmethod
     def _insert_batches(
         self, table: str, columns: Sequence[str], batches: Iterable[pa.RecordBatch]
-    ) -> None: ...
+    ) -> int: ...
 
     @abstractmethod
     def commit(self) -> None: ...
@@ -87,7 +109,8 @@ def _batches(data: pa.Table | pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
 
 
 def _column_list(columns: Sequence[str]) -> str:
-    return ", ".join(columns)
+    """Quoted: OMOP has a column named ``offset`` (note_nlp), a reserved word in both engines."""
+    return ", ".join(c if c.startswith('"') else f'"{c}"' for c in columns)
 
 
 class DuckDbWriter(BulkWriter):
@@ -110,17 +133,20 @@ class DuckDbWriter(BulkWriter):
     def execute(self, sql: str) -> None:
         self.workbench.execute(sql)
 
-    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> None:
-        self.workbench.execute(
+    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> int:
+        rows = self.workbench.execute(
             f"INSERT INTO {self.db.qualified(table)} ({_column_list(columns)}) {select_sql}"
-        )
+        ).fetchall()  # drained: DuckDB 2 refuses new work while a result is pending
+        return int(rows[0][0]) if rows else 0
 
     def _insert_batches(
         self, table: str, columns: Sequence[str], batches: Iterable[pa.RecordBatch]
-    ) -> None:
+    ) -> int:
         self._serial += 1
         view = f"__ehds_arrow_{self._serial}"
+        rows = 0
         for batch in batches:
+            rows += batch.num_rows
             self.workbench.register(view, batch)
             try:
                 self.workbench.execute(
@@ -129,6 +155,7 @@ class DuckDbWriter(BulkWriter):
                 )
             finally:
                 self.workbench.unregister(view)
+        return rows
 
     def commit(self) -> None:
         self.workbench.commit()
@@ -151,26 +178,29 @@ class PostgresWriter(BulkWriter):
     def execute(self, sql: str) -> None:
         self.conn.execute(sql.encode())
 
-    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> None:
+    def insert_select(self, table: str, columns: Sequence[str], select_sql: str) -> int:
         reader = self.workbench.sql(select_sql).to_arrow_reader(_COPY_BATCH_ROWS)
-        self._insert_batches(table, columns, reader)
+        return self._insert_batches(table, columns, reader)
 
     def _insert_batches(
         self, table: str, columns: Sequence[str], batches: Iterable[pa.RecordBatch]
-    ) -> None:
+    ) -> int:
         copy_sql = (
             f"COPY {self.db.qualified(table)} ({_column_list(columns)}) "
             "FROM STDIN (FORMAT csv, HEADER false)"
         )
         # Arrow quotes every string, so "" is an empty string and an empty field is NULL.
         options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+        rows = 0
         with self.conn.cursor() as cursor, cursor.copy(copy_sql.encode()) as copy:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
+                rows += batch.num_rows
                 buffer = io.BytesIO()
                 pa_csv.write_csv(batch, buffer, write_options=options)
                 copy.write(buffer.getbuffer())
+        return rows
 
     def commit(self) -> None:
         self.conn.commit()
@@ -192,10 +222,14 @@ def bulk_writer(db: CdmDatabase, *, memory_limit: str | None = None) -> Iterator
     else:
         writer = PostgresWriter(db, memory_limit)
     try:
-        yield writer
+        try:
+            yield writer
+            writer.add_deferred_primary_keys()
+        except BaseException:
+            writer.rollback()
+            raise
+        # Not inside the except above: a commit that fails has already rolled back (both
+        # engines), and DuckDB's "no transaction is active" would replace the real error.
         writer.commit()
-    except BaseException:
-        writer.rollback()
-        raise
     finally:
         writer.close()

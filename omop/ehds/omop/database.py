@@ -131,8 +131,14 @@ class CdmDatabase:
         """``schema.table`` for hand-written SQL (names are validated identifiers)."""
         return f"{self.schemas.physical(table_tier(name))}.{name}"
 
-    def ddl(self, tables: Iterable[str], *, if_not_exists: bool = False) -> list[str]:
-        """CREATE SCHEMA and CREATE TABLE statements for ``tables``, compiled for this engine."""
+    def ddl(
+        self, tables: Iterable[str], *, if_not_exists: bool = False, primary_keys: bool = True
+    ) -> list[str]:
+        """CREATE SCHEMA and CREATE TABLE statements for ``tables``, compiled for this engine.
+
+        ``primary_keys=False`` leaves the keys out (NOT NULL stays), for bulk loads that add
+        them once the rows are in (``primary_key_ddl``): one index build is much cheaper than
+        one index insert per row, in both engines."""
         dialect = self.engine().dialect
         names = list(tables)
         tiers = sorted({table_tier(n) for n in names})
@@ -140,11 +146,26 @@ class CdmDatabase:
             str(CreateSchema(self.schemas.physical(t), if_not_exists=True).compile(dialect=dialect))
             for t in tiers
         ]
-        statements.extend(
-            str(CreateTable(self.table(n), if_not_exists=if_not_exists).compile(dialect=dialect))
-            for n in names
-        )
+        for name in names:
+            table = self.table(name) if primary_keys else _without_primary_key(self.table(name))
+            create = CreateTable(table, if_not_exists=if_not_exists)
+            statements.append(str(create.compile(dialect=dialect)))
         return statements
+
+    def primary_key_ddl(self, name: str) -> str | None:
+        """``ALTER TABLE ... ADD PRIMARY KEY (...)``, or None for a table without a key. Both
+        engines give the key the name an inline PRIMARY KEY gets, so the result is the
+        schema ``ddl`` creates."""
+        columns = [c.name for c in self.table(name).primary_key.columns]
+        if not columns:
+            return None
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        return f"ALTER TABLE {self.qualified(name)} ADD PRIMARY KEY ({quoted})"
+
+
+def _without_primary_key(table: sa.Table) -> sa.Table:
+    columns = [sa.Column(c.name, c.type, nullable=c.nullable) for c in table.columns]
+    return sa.Table(table.name, sa.MetaData(), *columns, schema=table.schema)
 
 
 def tables_of(tiers: Iterable[Tier]) -> list[str]:

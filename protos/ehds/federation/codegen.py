@@ -1,7 +1,7 @@
 """Generate the Python code for the `.proto` files under `protos/`, or check it is up to date.
 
-    python protos/ehds/federation/codegen.py           # write the generated files next to the .proto files
-    python protos/ehds/federation/codegen.py --check   # exit 1 if the committed files differ from a fresh run
+    python protos/ehds/federation/codegen.py          # write generated files beside the .protos
+    python protos/ehds/federation/codegen.py --check  # exit 1 if committed files are stale
 
 For every `protos/ehds/**/X.proto`, grpcio-tools' protoc (`-I protos`, so that the import path
 mirrors the folder: `ehds/federation/v1/common.proto` is `ehds.federation.v1.common_pb2`) writes:
@@ -114,7 +114,9 @@ def check() -> int:
         )
     if problems:
         sys.stdout.writelines(problems)
-        print("generated protobuf code is out of date: run `python protos/ehds/federation/codegen.py`")
+        print(
+            "generated protobuf code is out of date: run `python protos/ehds/federation/codegen.py`"
+        )
         return 1
     print(f"{len(fresh)} generated files up to date")
     return 0
