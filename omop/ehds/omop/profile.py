@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ehds.core.errors import StateError
-from ehds.omop.database import CdmDatabase
+from ehds.omop.database import Backend, CdmDatabase
 from ehds.omop.schema.layout import CDM_TABLES, RESULTS_TABLES, VOCAB_TABLES
 from ehds.omop.schema.models import CdmSource, ObservationPeriod, Person, Vocabulary, metadata
 
@@ -115,7 +115,7 @@ _EXISTING_SQL = sa.text(
 
 
 def profile_cdm(db: CdmDatabase) -> CdmProfile:
-    if db.backend.value == "duckdb" and not db.duckdb_path.exists():
+    if db.backend is Backend.DUCKDB and not db.duckdb_path.exists():
         raise NoCdmError(f"{db.describe()} does not exist: create it with ehds omop init or load")
     with db.connect(read_only=True) as conn:
         names = db.schemas
@@ -126,18 +126,19 @@ def profile_cdm(db: CdmDatabase) -> CdmProfile:
                 {"cdm": names.cdm, "vocab": names.vocab, "results": names.results},
             )
         }
-        present = [
-            t for t in _tables_in_spec_order() if (db.table(t.name).schema, t.name) in existing
-        ]
-        missing = [t.name for t in _tables_in_spec_order() if t not in present]
-        required = {"person", "observation_period", "cdm_source"}
-        if required & set(missing):
+        tables: list[sa.Table] = []
+        missing: list[str] = []
+        for table in _tables_in_spec_order():
+            if (db.table(table.name).schema, table.name) in existing:
+                tables.append(table)
+            else:
+                missing.append(table.name)
+        absent_required = sorted({"person", "observation_period", "cdm_source"} & set(missing))
+        if absent_required:
             raise NoCdmError(
                 f"no OMOP CDM in {db.describe()} (schema {names.cdm!r}): tables "
-                f"{sorted(required & set(missing))} are missing; create it with ehds omop init "
-                "or load"
+                f"{absent_required} are missing; create it with ehds omop init or load"
             )
-        tables = present
         counts = {
             table.name: int(
                 conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
