@@ -149,6 +149,7 @@ def coordinator_messages() -> list[node_link_pb2.CoordinatorMessage]:
                 coordinator_software=common_pb2.SoftwareInfo(
                     name="ehds-federation", version="0.1.0"
                 ),
+                coordinator_time=Timestamp(seconds=1_790_000_000),
             )
         ),
         node_link_pb2.CoordinatorMessage(

@@ -107,9 +107,9 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init.set_defaults(handler=_init)
 
     issue = commands.add_parser(
-        "issue", help="issue a key and certificate for a node, coordinator or researcher"
+        "issue", help="issue a key and certificate for a node, coordinator, researcher or operator"
     )
-    issue.add_argument("role", choices=["node", "coordinator", "researcher"])
+    issue.add_argument("role", choices=["node", "coordinator", "researcher", "operator"])
     issue.add_argument("name", help="participant name: [a-z0-9][a-z0-9-]{0,62}")
     _add_dir(issue)
     issue.add_argument(

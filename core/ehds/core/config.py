@@ -8,10 +8,10 @@ an error instead of a silently ignored setting. Errors name the file, the key pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from ehds.core.errors import InputError
 
@@ -94,11 +94,24 @@ def parse_yaml(path: Path) -> tuple[Any, dict[int, dict[Any, int]]]:
     return data, loader.key_lines
 
 
+def _resolve_relative(value: Path, info: ValidationInfo) -> Path:
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        return Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_relative)]
+"""A path in a configuration file: relative paths are relative to the file's own folder, so a
+configuration means the same whatever the current directory of the process that reads it."""
+
+
 def validate(model: type[M], data: Any, path: Path, key_lines: dict[int, dict[Any, int]]) -> M:
     if data is None:
         data = {}
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -2,7 +2,7 @@
 
 The coordinator and the hospital nodes talk gRPC over mutual TLS. Every participant holds a
 P-256 key and a certificate signed by the federation CA whose subject names it
-(``CN=<name>``) and its role (``OU=node|coordinator|researcher``); the coordinator derives
+(``CN=<name>``) and its role (``OU=node|coordinator|researcher|operator``); the coordinator derives
 identity and role from the peer certificate (:class:`Identity`), never from message contents,
 and checks revocation itself (:class:`RevocationList`) because gRPC does not.
 

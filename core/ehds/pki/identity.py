@@ -26,6 +26,8 @@ class Role(StrEnum):
     NODE = "node"
     COORDINATOR = "coordinator"
     RESEARCHER = "researcher"
+    # Runs the coordinator: may call AdminApi (list and revoke nodes).
+    OPERATOR = "operator"
 
     @classmethod
     def parse(cls, text: str) -> Role:

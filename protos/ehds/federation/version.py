@@ -8,6 +8,10 @@ Bump the MINOR version with every change to the `.proto` files that a peer could
 field, message, oneof case or enum value): a coordinator must know which of them a node speaking
 an older minor version can send and understand. Kept as plain integers, not read from the
 generated code, so that a test can run a node that speaks the previous minor version.
+
+History:
+    1.0  first release
+    1.1  Welcome.coordinator_time (clock-skew warning at the node)
 """
 
 from __future__ import annotations
@@ -15,5 +19,5 @@ from __future__ import annotations
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 0
+PROTOCOL_MINOR: Final = 1
 PROTOCOL_VERSION: Final[tuple[int, int]] = (PROTOCOL_MAJOR, PROTOCOL_MINOR)

@@ -293,6 +293,7 @@ class Welcome(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     COORDINATOR_SOFTWARE_FIELD_NUMBER: _builtins.int
+    COORDINATOR_TIME_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     """The node's name as the coordinator knows it, taken from the node's client certificate; the
     node logs it to detect a certificate issued under the wrong name.
@@ -311,6 +312,13 @@ class Welcome(_message.Message):
 
     @_builtins.property
     def coordinator_software(self) -> _common_pb2.SoftwareInfo: ...
+    @_builtins.property
+    def coordinator_time(self) -> _timestamp_pb2.Timestamp:
+        """Since 1.1: the coordinator's clock when it sent Welcome. TaskAssignment.deadline is absolute,
+        so a node whose clock is off by minutes would stop tasks early or late; the node logs a
+        warning when its own clock differs by more than a few seconds. Unset from a 1.0 coordinator.
+        """
+
     def __init__(
         self,
         *,
@@ -318,10 +326,11 @@ class Welcome(_message.Message):
         protocol_version: _common_pb2.ProtocolVersion | None = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         coordinator_software: _common_pb2.SoftwareInfo | None = ...,
+        coordinator_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "heartbeat_interval", b"heartbeat_interval", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "coordinator_time", b"coordinator_time", "heartbeat_interval", b"heartbeat_interval", "protocol_version", b"protocol_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "heartbeat_interval", b"heartbeat_interval", "node_name", b"node_name", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "coordinator_time", b"coordinator_time", "heartbeat_interval", b"heartbeat_interval", "node_name", b"node_name", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,9 +112,11 @@ class StudyApiServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetResults(self, request, context):
-        """The aggregated result of a COMPLETED study, in chunks (it may exceed 4 MiB; see
-        PayloadChunk). FAILED_PRECONDITION if the study has not completed. Per-node results never
-        leave the coordinator through this API: researchers get the aggregate only.
+        """The result document of a COMPLETED study, in chunks (it may exceed 4 MiB; see
+        PayloadChunk). FAILED_PRECONDITION if the study has not completed. It holds the pooled
+        aggregate and each contributing node's released aggregate (which already passed that node's
+        disclosure control: per-site estimates are what make heterogeneity between countries
+        visible), and lists which nodes contributed, refused, failed or timed out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

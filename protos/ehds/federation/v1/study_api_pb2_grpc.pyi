@@ -52,9 +52,11 @@ class StudyApiStub:
     each event is a full snapshot, so a client that reconnects loses nothing it needs.
     """
     GetResults: _grpc.UnaryStreamMultiCallable[_study_api_pb2.GetStudyResultsRequest, _study_api_pb2.StudyResultsChunk]
-    """The aggregated result of a COMPLETED study, in chunks (it may exceed 4 MiB; see
-    PayloadChunk). FAILED_PRECONDITION if the study has not completed. Per-node results never
-    leave the coordinator through this API: researchers get the aggregate only.
+    """The result document of a COMPLETED study, in chunks (it may exceed 4 MiB; see
+    PayloadChunk). FAILED_PRECONDITION if the study has not completed. It holds the pooled
+    aggregate and each contributing node's released aggregate (which already passed that node's
+    disclosure control: per-site estimates are what make heterogeneity between countries
+    visible), and lists which nodes contributed, refused, failed or timed out.
     """
 
 @_typing.type_check_only
@@ -81,9 +83,11 @@ class StudyApiAsyncStub(StudyApiStub):
     each event is a full snapshot, so a client that reconnects loses nothing it needs.
     """
     GetResults: _aio.UnaryStreamMultiCallable[_study_api_pb2.GetStudyResultsRequest, _study_api_pb2.StudyResultsChunk]  # type: ignore[assignment]
-    """The aggregated result of a COMPLETED study, in chunks (it may exceed 4 MiB; see
-    PayloadChunk). FAILED_PRECONDITION if the study has not completed. Per-node results never
-    leave the coordinator through this API: researchers get the aggregate only.
+    """The result document of a COMPLETED study, in chunks (it may exceed 4 MiB; see
+    PayloadChunk). FAILED_PRECONDITION if the study has not completed. It holds the pooled
+    aggregate and each contributing node's released aggregate (which already passed that node's
+    disclosure control: per-site estimates are what make heterogeneity between countries
+    visible), and lists which nodes contributed, refused, failed or timed out.
     """
 
 class StudyApiServicer(metaclass=_abc_1.ABCMeta):
@@ -143,9 +147,11 @@ class StudyApiServicer(metaclass=_abc_1.ABCMeta):
         request: _study_api_pb2.GetStudyResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_study_api_pb2.StudyResultsChunk], _abc.AsyncIterator[_study_api_pb2.StudyResultsChunk]]:
-        """The aggregated result of a COMPLETED study, in chunks (it may exceed 4 MiB; see
-        PayloadChunk). FAILED_PRECONDITION if the study has not completed. Per-node results never
-        leave the coordinator through this API: researchers get the aggregate only.
+        """The result document of a COMPLETED study, in chunks (it may exceed 4 MiB; see
+        PayloadChunk). FAILED_PRECONDITION if the study has not completed. It holds the pooled
+        aggregate and each contributing node's released aggregate (which already passed that node's
+        disclosure control: per-site estimates are what make heterogeneity between countries
+        visible), and lists which nodes contributed, refused, failed or timed out.
         """
 
 def add_StudyApiServicer_to_server(servicer: StudyApiServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
