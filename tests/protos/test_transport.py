@@ -212,6 +212,7 @@ def test_options_set_keepalive_and_never_raise_message_limits() -> None:
         "grpc.keepalive_time_ms": 20_000,
         "grpc.keepalive_timeout_ms": 5_000,
         "grpc.keepalive_permit_without_calls": 1,
+        "grpc.http2.ping_timeout_ms": 5_000,
         "grpc.http2.max_pings_without_data": 0,
     }
     client = dict(channel_options(keepalive, server_name="coord", proxy="http://proxy:3128"))
@@ -220,6 +221,7 @@ def test_options_set_keepalive_and_never_raise_message_limits() -> None:
     server = dict(server_options(keepalive))
     assert server["grpc.keepalive_time_ms"] == 20_000
     assert server["grpc.keepalive_timeout_ms"] == 5_000
+    assert server["grpc.http2.ping_timeout_ms"] == 5_000
     assert server["grpc.keepalive_permit_without_calls"] == 1
     min_interval = server["grpc.http2.min_recv_ping_interval_without_data_ms"]
     assert isinstance(min_interval, int)

@@ -12,7 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ehds.cli import demo_command, omop_commands, pki_commands
+from ehds.cli import (
+    admin_commands,
+    coordinator_commands,
+    demo_command,
+    node_commands,
+    omop_commands,
+    pki_commands,
+    study_commands,
+)
 from ehds.core.errors import EhdsError
 
 
@@ -24,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     areas = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     omop_commands.register(areas)
     pki_commands.register(areas)
+    coordinator_commands.register(areas)
+    node_commands.register(areas)
+    study_commands.register(areas)
+    admin_commands.register(areas)
     demo_command.register(areas)
     return parser
 

@@ -89,15 +89,26 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _keepalive_options(keepalive: Keepalive) -> list[ChannelOption]:
+    timeout_ms = _ms(keepalive.timeout_seconds)
+    return [
+        ("grpc.keepalive_time_ms", _ms(keepalive.time_seconds)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # grpc-core times an unanswered keepalive ping with the general ping timeout (one minute
+        # by default), not with keepalive_timeout: without this a silent proxy or a dead peer is
+        # noticed after a minute, whatever the configuration says.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+    ]
+
+
 def channel_options(
     keepalive: Keepalive, *, server_name: str | None = None, proxy: str | None = None
 ) -> list[ChannelOption]:
     """Client channel options: keepalive pings even without calls in flight (a node's stream
     may be idle for hours), the expected server name, and the HTTP CONNECT proxy if any."""
     options: list[ChannelOption] = [
-        ("grpc.keepalive_time_ms", _ms(keepalive.time_seconds)),
-        ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout_seconds)),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *_keepalive_options(keepalive),
         ("grpc.http2.max_pings_without_data", 0),
     ]
     if server_name is not None:
@@ -112,9 +123,7 @@ def server_options(keepalive: Keepalive) -> list[ChannelOption]:
     node's stream is noticed and closed."""
     time_ms = _ms(keepalive.time_seconds)
     return [
-        ("grpc.keepalive_time_ms", time_ms),
-        ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout_seconds)),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *_keepalive_options(keepalive),
         ("grpc.http2.max_pings_without_data", 0),
         (
             "grpc.http2.min_recv_ping_interval_without_data_ms",

@@ -1,0 +1,131 @@
+"""What an analysis is: one module holding both halves of a federated computation.
+
+Why both halves in one place: the node-side computation and the coordinator-side aggregation
+must agree on the shape of what travels between them, and on the parameters. Keeping them in
+one class, registered by name and version, means a researcher's parameters are validated by the
+same model at submission (client and coordinator) and again at the node, and a new version of
+an analysis is a new registry entry rather than an edit that old nodes would not know about.
+
+The node and the coordinator both import this package; neither imports the other.
+
+Privacy contract of :meth:`Analysis.compute`: it runs inside the node's engine (SQL), returns
+only aggregates, and applies disclosure control itself (cells under ``ctx.min_cell_count`` are
+suppressed, never released). What it returns leaves the node as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ehds.core.errors import InputError
+from ehds.federation.model import AnalysisRef, TaskStage
+
+JsonObject = dict[str, Any]
+"""A JSON object as `json.loads` returns it: what a node releases and the coordinator pools."""
+
+
+class AnalysisParameters(BaseModel):
+    """Base of every analysis' parameter model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+P = TypeVar("P", bound=AnalysisParameters)
+
+
+class InvalidParametersError(InputError):
+    """Parameters do not validate; the message names each field (never echoes its value)."""
+
+
+class TaskCancelledError(Exception):
+    """Raised inside :meth:`Analysis.compute` when the task was cancelled or ran past its
+    deadline; the node turns it into the matching error code."""
+
+
+@dataclass
+class ComputeContext:
+    """What the node hands to :meth:`Analysis.compute`.
+
+    ``cdm`` is the node's `ehds.omop.database.CdmDatabase` (typed loosely here so that the
+    coordinator can import analyses without importing the OMOP layer's engines).
+    """
+
+    cdm: Any
+    min_cell_count: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    report: Callable[[TaskStage, float], None] = field(default=lambda stage, fraction: None)
+
+    def check_cancelled(self) -> None:
+        """Call between steps of a long computation: raises once the task is cancelled."""
+        if self.cancelled.is_set():
+            raise TaskCancelledError
+
+
+def canonical_json(value: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no insignificant whitespace: same value, same bytes,
+    same digest in the audit logs of node and coordinator."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Analysis(ABC, Generic[P]):
+    """One analysis at one version. Subclasses set ``name``, ``version``, ``parameters``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    parameters: ClassVar[type[AnalysisParameters]]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def ref(cls) -> AnalysisRef:
+        return AnalysisRef(cls.name, cls.version)
+
+    def parse_parameters(self, raw: bytes | Mapping[str, Any]) -> P:
+        """Validate canonical-JSON bytes (or an already parsed mapping) into the typed model.
+
+        :class:`InvalidParametersError` names every bad field by its path and what was expected;
+        values are never echoed (a parameter could be a concept list a researcher considers
+        confidential, and the message may be logged).
+        """
+        try:
+            data = json.loads(raw) if isinstance(raw, bytes) else dict(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidParametersError(f"{self.ref()}: parameters are not JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidParametersError(f"{self.ref()}: parameters must be a JSON object")
+        try:
+            return self.parameters.model_validate(data)  # type: ignore[return-value]
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+                message = (
+                    "unknown parameter" if error["type"] == "extra_forbidden" else error["msg"]
+                )
+                problems.append(f"parameters.{where}: {message}")
+            raise InvalidParametersError(f"{self.ref()}: " + "; ".join(problems)) from None
+
+    def encode_parameters(self, params: P) -> bytes:
+        """The canonical JSON bytes of validated parameters (what travels and is hashed)."""
+        return canonical_json(params.model_dump(mode="json"))
+
+    @abstractmethod
+    def compute(self, params: P, ctx: ComputeContext) -> JsonObject:
+        """Node side: run inside the engine, return the released aggregate (disclosure applied)."""
+
+    @abstractmethod
+    def aggregate(self, params: P, node_results: Mapping[str, JsonObject]) -> JsonObject:
+        """Coordinator side: pool the released aggregates of the contributing nodes.
+
+        Must equal the same computation on the pooled rows wherever no node suppressed a cell.
+        """
+
+    def table(self, aggregate: JsonObject) -> tuple[list[str], list[list[Any]]]:
+        """Header and rows of ``aggregate`` for `ehds study results --format table|csv`."""
+        return ["result"], [[json.dumps(aggregate, sort_keys=True)]]

@@ -1,0 +1,1 @@
+"""A trivial count query over Flower's deployment engine, for bench/flower_baseline.py."""

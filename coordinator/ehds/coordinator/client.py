@@ -1,0 +1,361 @@
+"""The researcher's (and operator's) client of the coordinator: `StudyApi` and `AdminApi`.
+
+Synchronous on purpose: its users (the `ehds study` and `ehds admin` commands, the demo, tests)
+do one thing at a time, and a plain blocking API is the easiest to use correctly from them.
+
+Every call has a deadline, so a coordinator that accepts the connection and never answers
+cannot hang the caller; failures become the typed errors of `client_errors`. Protobuf stays
+here: callers get `ehds.federation.model` dataclasses and the result document as a dict.
+
+Watching a study survives a dropped connection: `Watch` sends a full snapshot first and after
+every change, so reconnecting loses nothing. `watch` and `wait` therefore re-open the stream
+when it ends early (its own deadline, a coordinator restart) and skip snapshots already seen.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from ehds.coordinator.client_config import ClientConfig
+from ehds.coordinator.client_errors import (
+    CoordinatorUnavailableError,
+    ResultDocumentError,
+    StudyWaitTimeoutError,
+    error_from_rpc,
+    status_of,
+)
+from ehds.core.errors import InputError
+from ehds.core.netconfig import Keepalive
+from ehds.federation import serde
+from ehds.federation.chunks import PayloadAssembler, PayloadError
+from ehds.federation.model import NodeInfo, Study, StudySpec
+from ehds.federation.transport import channel_options, client_credentials
+from ehds.federation.v1 import (
+    admin_api_pb2,
+    admin_api_pb2_grpc,
+    study_api_pb2,
+    study_api_pb2_grpc,
+)
+from ehds.pki.errors import CertificateError
+from ehds.pki.identity import Identity
+
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "INSECURE_IDENTITY_HEADER",
+    "CoordinatorClient",
+    "ProgressCallback",
+]
+
+DEFAULT_CALL_TIMEOUT: Final = 30.0
+"""Seconds allowed to one unary call (and to a whole result download), unless given."""
+
+WATCH_STREAM_SECONDS: Final = 300.0
+"""Deadline of one Watch stream: longer watches re-open it (snapshots make that lossless)."""
+
+UNAVAILABLE_GRACE_SECONDS: Final = 60.0
+"""How long `watch` keeps retrying an unreachable coordinator (e.g. one restarting) before it
+gives up with `CoordinatorUnavailableError`. `wait` retries until its own timeout."""
+
+RETRY_PAUSE_SECONDS: Final = (0.2, 0.5, 1.0, 2.0)
+"""Pauses between reconnect attempts (the last one repeats)."""
+
+SUBMIT_ATTEMPTS: Final = 3
+"""Submit is retried after UNAVAILABLE or a lost answer: the request id makes it idempotent."""
+
+RESULT_CONTENT_TYPE: Final = "application/json"
+
+INSECURE_IDENTITY_HEADER: Final = "x-ehds-insecure-identity"
+"""Where a caller names itself to a coordinator running ``--insecure`` (the same constant as
+`ehds.coordinator.service.access.INSECURE_IDENTITY_HEADER`, which this module does not import:
+that would pull the whole server into every client)."""
+
+ProgressCallback = Callable[[Study], None]
+"""Called with each new snapshot of a watched study."""
+
+_T = TypeVar("_T")
+
+
+class CoordinatorClient:
+    """A connection to one coordinator, authenticated by the caller's certificate.
+
+    ``insecure=True`` talks plain-text gRPC to a coordinator started with ``--insecure`` (local
+    development only): nobody is authenticated, and the caller names itself in the
+    ``x-ehds-insecure-identity`` metadata as ``insecure_identity`` ("ROLE/NAME"), by default
+    the role and name in the configured certificate (the key and CA are then not read).
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        insecure: bool = False,
+        insecure_identity: str | None = None,
+    ) -> None:
+        endpoint = config.coordinator
+        self.address = endpoint.address
+        self.timeout = timeout
+        options = channel_options(
+            Keepalive(), server_name=endpoint.server_name, proxy=endpoint.proxy
+        )
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+        if insecure:
+            identity = insecure_identity or _identity_in(config.tls.certificate)
+            self._metadata = ((INSECURE_IDENTITY_HEADER, identity),)
+            self._channel = grpc.insecure_channel(endpoint.address, options=options)
+        else:
+            credentials = client_credentials(config.tls)
+            self._channel = grpc.secure_channel(endpoint.address, credentials, options=options)
+        self._studies = study_api_pb2_grpc.StudyApiStub(self._channel)
+        self._admin = admin_api_pb2_grpc.AdminApiStub(self._channel)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ StudyApi
+
+    def submit(self, spec: StudySpec, request_id: str | None = None) -> Study:
+        """Create a study. Retried on UNAVAILABLE or a lost answer with the same request id,
+        which the coordinator uses to return the study created the first time."""
+        request = study_api_pb2.SubmitStudyRequest(
+            spec=serde.encode_study_spec(spec), request_id=request_id or str(uuid.uuid4())
+        )
+        operation = f"submit study {spec.title!r}"
+        for attempt in range(SUBMIT_ATTEMPTS):
+            try:
+                response = self._call(
+                    lambda: self._studies.Submit(
+                        request, timeout=self.timeout, metadata=self._metadata
+                    ),
+                    operation,
+                )
+                return serde.decode_study(response.study)
+            except CoordinatorUnavailableError:
+                if attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(_pause(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, study_id: str) -> Study:
+        request = study_api_pb2.GetStudyRequest(study_id=study_id)
+        response = self._call(
+            lambda: self._studies.Get(request, timeout=self.timeout, metadata=self._metadata),
+            f"get study {study_id}",
+        )
+        return serde.decode_study(response.study)
+
+    def list(self) -> list[Study]:
+        """Every study the caller may see, newest first (parameters left out, as in List)."""
+        studies: list[Study] = []
+        token = ""
+        while True:
+            request = study_api_pb2.ListStudiesRequest(page_token=token)
+            response = self._call(
+                partial(self._studies.List, request, timeout=self.timeout, metadata=self._metadata),
+                "list studies",
+            )
+            studies.extend(serde.decode_study(pb) for pb in response.studies)
+            token = response.next_page_token
+            if not token:
+                return studies
+
+    def cancel(self, study_id: str, reason: str = "") -> Study:
+        request = study_api_pb2.CancelStudyRequest(study_id=study_id, reason=reason)
+        response = self._call(
+            lambda: self._studies.Cancel(request, timeout=self.timeout, metadata=self._metadata),
+            f"cancel study {study_id}",
+        )
+        return serde.decode_study(response.study)
+
+    def watch(
+        self,
+        study_id: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[Study]:
+        """Each new snapshot of the study until it ends (the last one yielded is final).
+
+        ``timeout`` bounds the whole watch (None: until the study ends); on expiry
+        `StudyWaitTimeoutError`. An unreachable coordinator is retried for
+        `UNAVAILABLE_GRACE_SECONDS`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._snapshots(study_id, deadline, UNAVAILABLE_GRACE_SECONDS, progress)
+
+    def wait(
+        self, study_id: str, timeout: float, progress: ProgressCallback | None = None
+    ) -> Study:
+        """Block until the study ends and return its final state; `StudyWaitTimeoutError`
+        after ``timeout`` seconds. Rides out a coordinator restart within that time."""
+        deadline = time.monotonic() + timeout
+        final: Study | None = None
+        for study in self._snapshots(study_id, deadline, None, progress):
+            final = study
+        # _snapshots returns only after a final snapshot; anything else raised.
+        assert final is not None
+        return final
+
+    def results(self, study_id: str) -> dict[str, Any]:
+        """The result document of a COMPLETED study (see the federation contract), reassembled
+        from its chunks and checked against its digest. `ResultsNotReadyError` before then."""
+        operation = f"results of study {study_id}"
+        request = study_api_pb2.GetStudyResultsRequest(study_id=study_id)
+
+        def download() -> bytes:
+            assembler = PayloadAssembler()
+            for message in self._studies.GetResults(
+                request, timeout=self.timeout, metadata=self._metadata
+            ):
+                try:
+                    payload = assembler.add(serde.decode_chunk(message.chunk))
+                except PayloadError as exc:
+                    raise ResultDocumentError(f"{operation}: {exc}") from None
+                if payload is not None:
+                    if payload.content_type != RESULT_CONTENT_TYPE:
+                        raise ResultDocumentError(
+                            f"{operation}: content type {payload.content_type!r} "
+                            f"(expected {RESULT_CONTENT_TYPE})"
+                        )
+                    return payload.data
+            raise ResultDocumentError(f"{operation}: the download ended before its last chunk")
+
+        data = self._call(download, operation)
+        try:
+            document = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ResultDocumentError(f"{operation}: the result document is not JSON") from None
+        if not isinstance(document, dict):
+            raise ResultDocumentError(f"{operation}: the result document is not a JSON object")
+        return document
+
+    # ------------------------------------------------------------------ AdminApi
+
+    def list_nodes(self) -> builtins.list[NodeInfo]:
+        request = admin_api_pb2.ListNodesRequest()
+        response = self._call(
+            lambda: self._admin.ListNodes(request, timeout=self.timeout, metadata=self._metadata),
+            "list nodes",
+        )
+        return [serde.decode_node_info(pb) for pb in response.nodes]
+
+    def revoke_node(self, name: str, reason: str) -> NodeInfo:
+        request = admin_api_pb2.RevokeNodeRequest(name=name, reason=reason)
+        response = self._call(
+            lambda: self._admin.RevokeNode(request, timeout=self.timeout, metadata=self._metadata),
+            f"revoke node {name}",
+        )
+        return serde.decode_node_info(response.node)
+
+    # ------------------------------------------------------------------ internals
+
+    def _call(self, call: Callable[[], _T], operation: str) -> _T:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, address=self.address, operation=operation) from None
+
+    def _snapshots(
+        self,
+        study_id: str,
+        deadline: float | None,
+        unavailable_grace: float | None,
+        progress: ProgressCallback | None,
+    ) -> Iterator[Study]:
+        """Snapshots from as many Watch streams as it takes to see the study end."""
+        operation = f"watch study {study_id}"
+        request = study_api_pb2.WatchStudyRequest(study_id=study_id)
+        last: Study | None = None
+        unavailable_since: float | None = None
+        attempt = 0
+        while True:
+            stream_timeout = WATCH_STREAM_SECONDS
+            if deadline is not None:
+                stream_timeout = min(stream_timeout, deadline - time.monotonic())
+                if stream_timeout <= 0:
+                    raise _wait_timeout(study_id, last)
+            stream = self._studies.Watch(request, timeout=stream_timeout, metadata=self._metadata)
+            try:
+                for event in stream:
+                    unavailable_since, attempt = None, 0
+                    study = serde.decode_study(event.study)
+                    if study != last:
+                        last = study
+                        if progress is not None:
+                            progress(study)
+                        yield study
+                    if study.state.is_final:
+                        return
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, address=self.address, operation=operation)
+                if not isinstance(error, CoordinatorUnavailableError):
+                    raise error from None
+                if status_of(exc)[0] is grpc.StatusCode.UNAVAILABLE:
+                    now = time.monotonic()
+                    unavailable_since = unavailable_since or now
+                    if (
+                        unavailable_grace is not None
+                        and now - unavailable_since > unavailable_grace
+                    ):
+                        raise error from None
+                    pause = _pause(attempt)
+                    attempt += 1
+                    if deadline is not None:
+                        pause = max(0.0, min(pause, deadline - time.monotonic()))
+                    time.sleep(pause)
+                    continue
+                # DEADLINE_EXCEEDED: this stream's own deadline; the loop opens the next one.
+                continue
+            finally:
+                stream.cancel()
+            # The stream ended cleanly before the study did (e.g. the coordinator shutting
+            # down): pause before re-opening it, so that a peer doing this cannot spin us.
+            time.sleep(_pause(attempt))
+            attempt += 1
+
+
+def _identity_in(certificate: Path) -> str:
+    """``ROLE/NAME`` of the certificate file, for ``--insecure``."""
+    try:
+        identity = Identity.from_certificate(certificate.read_bytes())
+    except (OSError, CertificateError) as exc:
+        raise InputError(
+            f"--insecure: cannot take the identity from {certificate} ({exc}); "
+            "give insecure_identity as ROLE/NAME"
+        ) from None
+    return f"{identity.role.value}/{identity.name}"
+
+
+def _pause(attempt: int) -> float:
+    return RETRY_PAUSE_SECONDS[min(attempt, len(RETRY_PAUSE_SECONDS) - 1)]
+
+
+def _wait_timeout(study_id: str, last: Study | None) -> StudyWaitTimeoutError:
+    state = last.state.name if last is not None else "unknown"
+    return StudyWaitTimeoutError(
+        f"study {study_id} has not ended in the time allowed (last state {state}); "
+        "it goes on at the coordinator"
+    )

@@ -1,0 +1,538 @@
+"""The coordinator's engine: studies and tasks move here, between the gRPC adapters and the
+database.
+
+Every change is a write on the database thread (`state.store`) whose `Effects` are applied here
+once committed: messages pushed onto node streams, metrics, deadline timers, aggregations, Watch
+notifications. Nothing is acknowledged to anyone (a ResultReceipt, a Submit response) before the
+change behind it is durable, and after a restart everything resumes from the database: timers
+are re-armed, tasks go out again when their nodes reconnect.
+
+What is NOT written on every message: a node's last-seen time (heartbeats would otherwise be a
+write per node every few seconds). It lives in memory and is flushed periodically and when a
+stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from typing import Any, Final
+
+from cryptography import x509
+
+from ehds.analyses.registry import Registry
+from ehds.coordinator.config import CoordinatorConfig
+from ehds.coordinator.effects import Effects
+from ehds.coordinator.errors import NodeRevokedError, ProtocolVersionError
+from ehds.coordinator.metrics import CoordinatorMetrics
+from ehds.coordinator.revocation import RevocationChecker
+from ehds.coordinator.state.store import ResultOutcome, Store, StudyPage
+from ehds.coordinator.state.worker import DatabaseWorker, WorkerClosedError
+from ehds.coordinator.streams import CloseCode, NodeSession, NodeStreams
+from ehds.coordinator.validation import validate_spec
+from ehds.federation.chunks import PayloadError
+from ehds.federation.model import (
+    Heartbeat,
+    Hello,
+    NodeInfo,
+    NodeMessage,
+    ProtocolVersion,
+    ResultChunk,
+    ResultReceipt,
+    SoftwareInfo,
+    Study,
+    StudySpec,
+    TaskAck,
+    TaskOutcome,
+    TaskProgress,
+    Welcome,
+)
+from ehds.federation.serde import ProtocolViolation
+from ehds.federation.version import PROTOCOL_MAJOR, PROTOCOL_MINOR
+
+__all__ = ["SOFTWARE", "Dispatcher", "StudyNotifier", "negotiate"]
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTION: Final = "ehds-federation"
+
+
+def _software() -> SoftwareInfo:
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return SoftwareInfo(DISTRIBUTION, version)
+
+
+SOFTWARE: Final = _software()
+
+SHUTDOWN_DETAILS: Final = "the coordinator is shutting down; reconnect later"
+
+MAX_BACKLOG: Final = 10_000
+"""Queued database writes above which a node's stream waits for its own write to commit."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def negotiate(node: ProtocolVersion) -> ProtocolVersion:
+    """The node's major (which must be ours) and the lower of the two minors."""
+    if node.major != PROTOCOL_MAJOR:
+        raise ProtocolVersionError(
+            f"the node speaks protocol {node}, this coordinator {PROTOCOL_MAJOR}."
+            f"{PROTOCOL_MINOR}: no common major version (upgrade the node or the coordinator)"
+        )
+    return ProtocolVersion(node.major, min(node.minor, PROTOCOL_MINOR))
+
+
+class StudyNotifier:
+    """Wakes Watch streams when their study changes; nothing polls the database."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def event(self, study_id: str) -> asyncio.Event:
+        """An event set at the study's next change (take it BEFORE reading the study)."""
+        event = self._events.get(study_id)
+        if event is None:
+            event = self._events[study_id] = asyncio.Event()
+        return event
+
+    def notify(self, study_ids: set[str]) -> None:
+        for study_id in study_ids:
+            event = self._events.pop(study_id, None)
+            if event is not None:
+                event.set()
+
+    def wake_all(self) -> None:
+        """Shutdown: every waiting Watch wakes up (and sees that the coordinator stops)."""
+        self.notify(set(self._events))
+
+
+class Dispatcher:
+    """The coordinator's logic between the gRPC adapters and the store: one per process, used
+    from the event loop only (the store runs on the database thread)."""
+
+    def __init__(
+        self,
+        *,
+        config: CoordinatorConfig,
+        db: DatabaseWorker,
+        registry: Registry,
+        metrics: CoordinatorMetrics,
+        revocation: RevocationChecker,
+        max_result_bytes: int,
+    ) -> None:
+        self._config = config
+        self._db = db
+        self._registry = registry
+        self._metrics = metrics
+        self._revocation = revocation
+        self._max_result_bytes = max_result_bytes
+        self.store = Store(registry, min_cell_count=config.studies.min_cell_count)
+        self.streams = NodeStreams()
+        self._notifier = StudyNotifier()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._revoked: set[str] = set()
+        self._last_seen_pending: dict[str, datetime] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._closing = False
+        self._heartbeat_interval = timedelta(seconds=config.heartbeat_interval_seconds)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._revoked = await self._db.read(self.store.revoked_nodes)
+        self._apply(await self._db.read(self.store.resume))
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="coordinator-housekeeping")
+
+    def begin_shutdown(self) -> None:
+        """Stop timers and end every node stream (the nodes reconnect to the next
+        coordinator process; nothing in flight is lost, it is all in the database)."""
+        self._closing = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for session in self.streams:
+            session.close(CloseCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        self._notifier.wake_all()
+
+    async def stop(self) -> None:
+        """After the gRPC server stopped: finish background work, flush last-seen times."""
+        self.begin_shutdown()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for session in self.streams:
+            self.close_session(session)
+        await self._flush_last_seen()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # ------------------------------------------------------------------ effects
+
+    def _apply(self, effects: Effects) -> None:
+        for node, message in effects.messages:
+            self.streams.send(node, message)
+        self._metrics.record(effects)
+        for study_id in effects.ended_studies:
+            handle = self._timers.pop(study_id, None)
+            if handle is not None:
+                handle.cancel()
+        for study_id, deadline in effects.deadlines.items():
+            if study_id not in effects.ended_studies:
+                self._arm(study_id, deadline)
+        for study_id in effects.aggregate:
+            self._spawn(self._aggregate(study_id), f"aggregate-{study_id}")
+        self._notifier.notify(effects.changed_studies)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    def _arm(self, study_id: str, deadline: datetime) -> None:
+        if self._closing:
+            return
+        previous = self._timers.pop(study_id, None)
+        if previous is not None:
+            previous.cancel()
+        delay = max(0.0, (deadline - _now()).total_seconds())
+        self._timers[study_id] = asyncio.get_running_loop().call_later(
+            delay, self._deadline_passed, study_id
+        )
+
+    def _deadline_passed(self, study_id: str) -> None:
+        self._timers.pop(study_id, None)
+        if not self._closing:
+            self._spawn(self._expire(study_id), f"expire-{study_id}")
+
+    async def _expire(self, study_id: str) -> None:
+        connected = self.streams.names()
+        await self._db.write(
+            lambda s: self.store.expire(s, _now(), study_id, connected), self._apply
+        )
+
+    async def _aggregate(self, study_id: str) -> None:
+        await self._db.write(lambda s: self.store.aggregate(s, _now(), study_id), self._apply)
+
+    # ------------------------------------------------------------------ node streams
+
+    async def open_session(
+        self, name: str, certificate_pem: bytes | None, hello: Hello
+    ) -> NodeSession:
+        """Welcome a node: the session is live (and Welcome queued first) when this returns.
+
+        `NodeRevokedError`, `ProtocolVersionError` refuse the stream.
+        """
+        if name in self._revoked:
+            raise NodeRevokedError(name)
+        version = negotiate(hello.protocol_version)
+        session = NodeSession(name, hello.profile, version, certificate_pem)
+        session.send(
+            Welcome(
+                node_name=name,
+                protocol_version=version,
+                heartbeat_interval=self._heartbeat_interval,
+                coordinator_software=SOFTWARE,
+                # Since 1.1; a 1.0 node would not expect it.
+                coordinator_time=_now() if version.minor >= 1 else None,
+            )
+        )
+        previous = self.streams.register(session)
+        if previous is not None:
+            previous.close(CloseCode.ABORTED, "replaced by a newer stream of the same node")
+        self._metrics.connected_nodes.set(len(self.streams))
+        serial = (
+            x509.load_pem_x509_certificate(certificate_pem).serial_number
+            if certificate_pem is not None
+            else None
+        )
+        try:
+            outcome = await self._db.write(
+                lambda s: self.store.node_connected(
+                    s, _now(), name, version, hello.profile, certificate_serial=serial
+                ),
+                lambda o: self._apply(o.effects),
+            )
+        except BaseException:
+            self.close_session(session)
+            raise
+        if outcome.revoked:
+            self._revoked.add(name)
+            self.close_session(session)
+            raise NodeRevokedError(name)
+        self._metrics.stream_connects.inc()
+        log.info("node %s connected (protocol %s)", name, version)
+        return session
+
+    def close_session(self, session: NodeSession) -> None:
+        """The stream ended (any reason): forget it unless a newer one replaced it."""
+        if session.dirty:
+            self._last_seen_pending[session.name] = session.last_seen
+            session.dirty = False
+        if self.streams.unregister(session):
+            self._metrics.connected_nodes.set(len(self.streams))
+            log.info("node %s disconnected", session.name)
+        session.assemblers.clear()
+
+    async def on_node_message(self, session: NodeSession, message: NodeMessage) -> None:
+        """One message from a welcomed node, handled in arrival order.
+
+        The writes are queued, not awaited: they commit in arrival order anyway (the worker is
+        FIFO), their effects (a ResultReceipt...) apply at commit, and a node's acknowledgement
+        and result then share one transaction instead of waiting for one commit each. Only a
+        long backlog makes the stream wait (back-pressure on a flooding node).
+
+        Raises `PayloadError` (bad chunks) and `ProtocolViolation`: the caller ends the stream.
+        """
+        session.seen()
+        name = session.name
+        future: asyncio.Future[Any] | None = None
+        match message:
+            case Heartbeat():
+                if not session.reconciled:
+                    session.reconciled = True
+                    in_flight = frozenset(message.in_flight_task_ids)
+                    future = self._db.enqueue(
+                        lambda s: self.store.reconcile(s, _now(), name, in_flight), self._apply
+                    )
+            case TaskAck():
+                task_id = message.task_id
+                future = self._db.enqueue(
+                    lambda s: self.store.task_ack(s, _now(), name, task_id), self._apply
+                )
+            case TaskProgress():
+                progress = message
+                future = self._db.enqueue(
+                    lambda s: self.store.task_progress(
+                        s,
+                        _now(),
+                        name,
+                        progress.task_id,
+                        stage=progress.stage,
+                        fraction=progress.fraction,
+                    ),
+                    self._apply,
+                )
+            case TaskOutcome():
+                outcome = message
+                future = self._db.enqueue(
+                    lambda s: self.store.task_outcome(
+                        s,
+                        _now(),
+                        name,
+                        outcome.task_id,
+                        code=outcome.error_code,
+                        message=outcome.message,
+                    ),
+                    self._apply,
+                )
+            case ResultChunk():
+                future = self._on_chunk(session, message)
+            case Hello():
+                raise ProtocolViolation("Hello", "was sent twice on one stream")
+        if future is None:
+            return
+        future.add_done_callback(lambda f: self._node_write_done(session, f))
+        if self._db.backlog > MAX_BACKLOG:
+            await asyncio.shield(future)
+
+    @staticmethod
+    def _node_write_done(session: NodeSession, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            # Nothing was acknowledged for it: the node sends it again after reconnecting.
+            log.error("storing a message of node %s failed: %s", session.name, error)
+            session.close(CloseCode.UNAVAILABLE, "the coordinator could not store a message")
+
+    def _on_chunk(
+        self, session: NodeSession, message: ResultChunk
+    ) -> asyncio.Future[ResultOutcome] | None:
+        task_id = message.task_id
+        assembler = session.assembler(task_id, self._max_result_bytes)
+        if assembler is None:
+            raise PayloadError(f"more than {len(session.assemblers)} results in progress at once")
+        try:
+            payload = assembler.add(message.chunk)
+        except PayloadError as exc:
+            session.assemblers.pop(task_id, None)
+            # Same class (a bad digest stays a PayloadDigestError), with the task named.
+            raise type(exc)(f"result of task {task_id}: {exc}") from exc
+        if payload is None:
+            return None
+        session.assemblers.pop(task_id, None)
+        name = session.name
+
+        def committed(outcome: ResultOutcome) -> None:
+            if outcome.receipt is not None:
+                # To the node's live stream, which may be a newer one than this.
+                self.streams.send(name, ResultReceipt(task_id, outcome.receipt))
+            self._apply(outcome.effects)
+
+        return self._db.enqueue(
+            lambda s: self.store.task_result(s, _now(), name, task_id, payload), committed
+        )
+
+    def close_revoked_certificates(self) -> None:
+        """A new CRL is in force: end the streams of nodes whose certificate it revokes."""
+        for session in self.streams:
+            pem = session.certificate_pem
+            if pem is not None and self._revocation.is_revoked(pem):
+                log.warning("node %s: certificate revoked, closing its stream", session.name)
+                session.close(CloseCode.PERMISSION_DENIED, "certificate revoked")
+
+    async def _housekeep(self) -> None:
+        """Periodically: end streams of nodes that stopped sending, flush last-seen times."""
+        interval = self._config.heartbeat_interval_seconds
+        silent_limit = interval * (self._config.missed_heartbeats + 1)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for session in self.streams:
+                # loop.time() is time.monotonic() on every supported platform.
+                if now - session.last_seen_monotonic > silent_limit:
+                    log.warning("node %s: no message for %.1f s", session.name, silent_limit)
+                    session.close(
+                        CloseCode.UNAVAILABLE, f"no heartbeat for {silent_limit:g} seconds"
+                    )
+            try:
+                await self._flush_last_seen()
+            except Exception:
+                log.exception("writing last-seen times failed (retried at the next round)")
+
+    async def _flush_last_seen(self) -> None:
+        pending = self._last_seen_pending
+        self._last_seen_pending = {}
+        for session in self.streams:
+            if session.dirty:
+                pending[session.name] = session.last_seen
+                session.dirty = False
+        if pending:
+            try:
+                await self._db.write(lambda s: self.store.flush_last_seen(s, pending))
+            except BaseException:
+                for name, seen in pending.items():
+                    self._last_seen_pending.setdefault(name, seen)
+                raise
+
+    # ------------------------------------------------------------------ studies
+
+    async def submit(self, submitter: str, spec: StudySpec, request_id: str) -> Study:
+        validated = validate_spec(spec, self._registry, self._config.studies, request_id)
+        connected = self.streams.profiles()
+        revoked_serials = self._revocation.revoked_serials
+        study, _ = await self._db.write(
+            lambda s: self.store.submit(
+                s,
+                _now(),
+                submitter,
+                validated,
+                request_id=request_id,
+                connected=connected,
+                revoked_serials=revoked_serials,
+            ),
+            lambda result: self._apply(result[1]),
+        )
+        log.info("study %s submitted by %s (%s)", study.id, submitter, spec.analysis)
+        return study
+
+    async def get(self, submitter: str | None, study_id: str) -> Study:
+        return await self._db.read(
+            lambda s: self.store.get_study(s, submitter, study_id, with_parameters=True)
+        )
+
+    async def list_studies(
+        self, submitter: str | None, page_size: int, after: int | None
+    ) -> StudyPage:
+        return await self._db.read(
+            lambda s: self.store.list_studies(s, submitter, page_size, after)
+        )
+
+    async def cancel(self, submitter: str, study_id: str, reason: str) -> Study:
+        connected = self.streams.names()
+        study, _ = await self._db.write(
+            lambda s: self.store.cancel(
+                s, _now(), submitter, study_id, reason=reason, connected=connected
+            ),
+            lambda result: self._apply(result[1]),
+        )
+        return study
+
+    async def watch(self, submitter: str | None, study_id: str) -> AsyncIterator[Study]:
+        """The study now, then after each change until it is final."""
+        event = self._notifier.event(study_id)
+        study = await self._db.read(
+            lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+        )
+        yield study
+        while not study.state.is_final:
+            await event.wait()
+            if self._closing:
+                raise WorkerClosedError(SHUTDOWN_DETAILS)
+            event = self._notifier.event(study_id)
+            latest = await self._db.read(
+                lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+            )
+            if latest != study:
+                study = latest
+                yield study
+
+    async def results(self, submitter: str | None, study_id: str) -> bytes:
+        return await self._db.read(lambda s: self.store.result_document(s, submitter, study_id))
+
+    # ------------------------------------------------------------------ nodes (admin)
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        nodes = await self._db.read(self.store.list_nodes)
+        listed = []
+        for stored in nodes:
+            session = self.streams.get(stored.name)
+            node = stored
+            if session is not None:
+                node = replace(
+                    stored,
+                    connected=True,
+                    last_seen=session.last_seen,
+                    protocol_version=session.version,
+                    profile=session.profile,
+                )
+            listed.append(node)
+        return listed
+
+    async def revoke_node(self, operator: str, name: str, reason: str) -> NodeInfo:
+        def committed(result: tuple[NodeInfo, Effects]) -> None:
+            self._revoked.add(name)
+            session = self.streams.get(name)
+            if session is not None:
+                session.close(
+                    CloseCode.PERMISSION_DENIED, "node revoked by the federation's operators"
+                )
+            self._apply(result[1])
+
+        info, _ = await self._db.write(
+            lambda s: self.store.revoke_node(s, _now(), operator, name, reason), committed
+        )
+        log.warning("node %s revoked by operator %s", name, operator)
+        return replace(info, connected=False)

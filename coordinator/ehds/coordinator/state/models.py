@@ -1,0 +1,212 @@
+"""Tables of the coordinator's state database (SQLite by default, PostgreSQL in production).
+
+Why these shapes:
+
+* Enum columns hold the enum's NAME ("COMPLETED", "POLICY_REFUSED"), not its number: an operator
+  reading the database, or a fault test counting rows, should not need the proto file.
+* Timestamps are stored as UTC (`UtcDateTime`) and always come back as aware UTC datetimes, on
+  SQLite (which has no time zones) as on PostgreSQL.
+* A task is final when `ended_at` is set. `NodeTaskState.is_final` alone cannot say it: a task
+  NOT_DISPATCHED because the node does not offer the analysis is final, one NOT_DISPATCHED
+  because the node is away is not.
+* `results` is keyed by `task_id` (one task per study and node), so a result received twice is
+  stored once whatever the node does.
+* `studies.seq` orders studies for paging (newest first) independently of clock resolution.
+
+Alembic migrations (`ehds/coordinator/migrations`) must match these models; a test runs
+`alembic check` against both database engines.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAME_LENGTH = 63
+"""A participant name (`ehds.pki.identity.NAME_PATTERN`)."""
+
+STUDY_ID_LENGTH = 32
+TASK_ID_LENGTH = STUDY_ID_LENGTH + 1 + NAME_LENGTH
+ENUM_NAME_LENGTH = 40
+
+# Deterministic constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime in, an aware UTC datetime out, whatever the backend stores."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: the coordinator stores aware UTC datetimes only")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones: store the UTC wall time, re-attach UTC when reading.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class NodeRow(Base):
+    """A node the coordinator has seen at least once (its certificate's name)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Flushed from memory periodically and on disconnect, not on every heartbeat.
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    protocol_major: Mapped[int | None] = mapped_column(Integer)
+    protocol_minor: Mapped[int | None] = mapped_column(Integer)
+    # Canonical JSON of the NodeProfile from the node's last Hello.
+    profile: Mapped[str | None] = mapped_column(Text)
+    # Serial (hex) of the certificate the node last connected with: a node whose certificate
+    # the CRL revokes is no target for new studies until it connects with a valid one.
+    certificate_serial: Mapped[str | None] = mapped_column(String(64))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint("submitted_by", "request_id"),
+        Index(None, "submitted_by", "seq"),
+        Index(None, "state"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(STUDY_ID_LENGTH), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    analysis_name: Mapped[str] = mapped_column(String(200))
+    analysis_version: Mapped[str] = mapped_column(String(100))
+    # Canonical JSON (Analysis.encode_parameters): the bytes every node receives.
+    parameters: Mapped[bytes] = mapped_column(LargeBinary)
+    min_nodes: Mapped[int] = mapped_column(Integer)
+    deadline_seconds: Mapped[int] = mapped_column(Integer)
+    # JSON list of the names the researcher asked for; [] = every node (see tasks for the set).
+    target_nodes: Mapped[str] = mapped_column(Text)
+    data_permit_id: Mapped[str] = mapped_column(Text)
+    min_cell_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    submitted_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Absolute: created_at + deadline_seconds. Re-armed as a timer after a restart.
+    deadline_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class TaskRow(Base):
+    """The study's task at one node."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("study_id", "node_name"),
+        Index(None, "node_name", "ended_at"),
+        Index(None, "study_id", "ended_at"),
+    )
+
+    # f"{study_id}.{node_name}": unique per (study, node), readable in logs at both ends.
+    task_id: Mapped[str] = mapped_column(String(TASK_ID_LENGTH), primary_key=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"))
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"))
+    state: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH))
+    error_code: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH), default="UNSPECIFIED")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # The node's vocabulary release when the task was dispatched to it.
+    vocabulary_version: Mapped[str] = mapped_column(String(200), default="")
+    stage: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH), default="UNSPECIFIED")
+    fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    received_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Ended (cancelled, timed out) while the node was away: send it CancelTask when it is back.
+    cancel_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ResultRow(Base):
+    """One node's released result for one task: at most one per task (a repeat replaces it)."""
+
+    __tablename__ = "results"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.task_id"), primary_key=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), index=True)
+    node_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    content_type: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class StudyResultRow(Base):
+    """The result document of a COMPLETED study (canonical JSON, see the federation contract)."""
+
+    __tablename__ = "study_results"
+
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(200))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AuditEventRow(Base):
+    """One state change, written in the same transaction as the change itself.
+
+    `detail` is canonical JSON of identifiers, states, codes and digests: never a result's
+    content or anything from a CDM.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "study_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    study_id: Mapped[str | None] = mapped_column(String(STUDY_ID_LENGTH))
+    node: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    detail: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,247 @@
+"""Changes made by researchers (submit, cancel) and by the clock (deadlines), and the
+resumption of open studies at start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ehds.coordinator.effects import Effects
+from ehds.coordinator.errors import InvalidStudyError
+from ehds.coordinator.state.models import NodeRow, StudyRow, TaskRow
+from ehds.coordinator.state.snapshots import analysis_ref, study_model
+from ehds.coordinator.state.transitions import (
+    AT_NODE,
+    COORDINATOR_ACTOR,
+    NOT_CONNECTED,
+    OPEN_STUDY_STATES,
+    Transitions,
+    audit,
+)
+from ehds.coordinator.validation import ValidatedSpec, resolve_targets
+from ehds.federation.model import (
+    ErrorCode,
+    NodeProfile,
+    NodeTaskState,
+    Study,
+    StudyState,
+    TaskStage,
+)
+
+__all__ = ["StudyChanges"]
+
+
+class StudyChanges(Transitions):
+    def submit(
+        self,
+        session: Session,
+        now: datetime,
+        submitter: str,
+        validated: ValidatedSpec,
+        *,
+        request_id: str,
+        connected: Mapping[str, NodeProfile],
+        revoked_serials: frozenset[int] = frozenset(),
+    ) -> tuple[Study, Effects]:
+        """``revoked_serials``: the CRL in force; a node last seen with one of these
+        certificates counts as revoked (no target) until it connects with a valid one."""
+        effects = Effects()
+        spec = validated.spec
+        if request_id:
+            existing = session.scalars(
+                select(StudyRow).where(
+                    StudyRow.submitted_by == submitter, StudyRow.request_id == request_id
+                )
+            ).one_or_none()
+            if existing is not None:
+                same = (
+                    existing.title == spec.title
+                    and analysis_ref(existing) == spec.analysis
+                    and existing.parameters == spec.parameters
+                    and existing.min_nodes == spec.min_nodes
+                    and existing.deadline_seconds == spec.deadline_seconds
+                    and json.loads(existing.target_nodes) == list(spec.target_nodes)
+                    and existing.data_permit_id == spec.data_permit_id
+                )
+                if not same:
+                    raise InvalidStudyError(
+                        f"request_id: already used for study {existing.id}, with another spec"
+                    )
+                return self._snapshot(session, existing, with_parameters=True), effects
+        known: dict[str, bool] = {}
+        for name, revoked, serial in session.execute(
+            select(NodeRow.name, NodeRow.revoked, NodeRow.certificate_serial)
+        ):
+            known[name] = revoked or (serial is not None and int(serial, 16) in revoked_serials)
+        targets = resolve_targets(spec, known)
+        study = StudyRow(
+            id=secrets.token_hex(8),
+            title=spec.title,
+            analysis_name=spec.analysis.name,
+            analysis_version=spec.analysis.version,
+            parameters=spec.parameters,
+            min_nodes=spec.min_nodes,
+            deadline_seconds=spec.deadline_seconds,
+            target_nodes=json.dumps(list(spec.target_nodes)),
+            data_permit_id=spec.data_permit_id,
+            min_cell_count=self._min_cell_count,
+            state=StudyState.SUBMITTED.name,
+            state_reason="",
+            submitted_by=submitter,
+            request_id=request_id or None,
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timedelta(seconds=spec.deadline_seconds),
+        )
+        session.add(study)
+        session.flush()  # the study row before its tasks (foreign key)
+        tasks = [
+            TaskRow(
+                task_id=f"{study.id}.{name}",
+                study_id=study.id,
+                node_name=name,
+                state=NodeTaskState.NOT_DISPATCHED.name,
+                error_code=ErrorCode.UNSPECIFIED.name,
+                reason=NOT_CONNECTED,
+                vocabulary_version="",
+                stage=TaskStage.UNSPECIFIED.name,
+                fraction=0.0,
+                updated_at=now,
+                cancel_pending=False,
+            )
+            for name in targets
+        ]
+        session.add_all(tasks)
+        session.info.setdefault("studies", {})[study.id] = study
+        session.info.setdefault("open_tasks", {})[study.id] = len(tasks)
+        audit(
+            session,
+            now,
+            f"researcher {submitter}",
+            "study.submitted",
+            study_id=study.id,
+            analysis=str(spec.analysis),
+            parameters_sha256=hashlib.sha256(spec.parameters).hexdigest(),
+            min_nodes=spec.min_nodes,
+            deadline_seconds=spec.deadline_seconds,
+            targets=targets,
+            data_permit_id=spec.data_permit_id,
+            request_id=request_id,
+        )
+        effects.studies_submitted = 1
+        effects.changed_studies.add(study.id)
+        effects.deadlines[study.id] = study.deadline_at
+        for task in tasks:
+            profile = connected.get(task.node_name)
+            if profile is not None:
+                self._dispatch(session, now, task, study, profile=profile, effects=effects)
+        session.flush()
+        return study_model(study, tasks, with_parameters=True), effects
+
+    def cancel(
+        self,
+        session: Session,
+        now: datetime,
+        submitter: str,
+        study_id: str,
+        *,
+        reason: str,
+        connected: Collection[str],
+    ) -> tuple[Study, Effects]:
+        effects = Effects()
+        study = self._visible_study(session, submitter, study_id)
+        if not StudyState[study.state].is_final:
+            actor = f"researcher {submitter}"
+            why = f"study cancelled by {submitter}" + (f": {reason}" if reason else "")
+            for task in self._tasks(session, study.id):
+                if task.ended_at is not None:
+                    continue
+                at_node = task.state in AT_NODE
+                self._end_task(
+                    session,
+                    now,
+                    task,
+                    study,
+                    state=NodeTaskState.CANCELLED,
+                    code=ErrorCode.CANCELLED,
+                    reason=why,
+                    effects=effects,
+                    actor=actor,
+                )
+                if at_node:
+                    self._stop_at_node(task, why, connected, effects)
+            self._end_study(
+                session,
+                now,
+                study,
+                state=StudyState.CANCELLED,
+                reason=why,
+                effects=effects,
+                actor=actor,
+            )
+        return self._snapshot(session, study, with_parameters=True), effects
+
+    def expire(
+        self, session: Session, now: datetime, study_id: str, connected: Collection[str]
+    ) -> Effects:
+        """The study's deadline timer fired: time out every task still open, then finish."""
+        effects = Effects()
+        study = self._study(session, study_id)
+        if study is None:
+            return effects
+        state = StudyState[study.state]
+        if state.is_final or state is StudyState.AGGREGATING:
+            return effects
+        if now < study.deadline_at:
+            effects.deadlines[study.id] = study.deadline_at  # fired early: arm it again
+            return effects
+        for task in self._tasks(session, study.id):
+            if task.ended_at is not None:
+                continue
+            at_node = task.state in AT_NODE
+            reason = (
+                "no result before the study's deadline"
+                if at_node
+                else "the node did not connect before the study's deadline"
+            )
+            self._end_task(
+                session,
+                now,
+                task,
+                study,
+                state=NodeTaskState.TIMED_OUT,
+                code=ErrorCode.DEADLINE_EXCEEDED,
+                reason=reason,
+                effects=effects,
+                actor=COORDINATOR_ACTOR,
+            )
+            if at_node:
+                self._stop_at_node(task, "study deadline passed", connected, effects)
+        self._check_finished(session, now, study, effects)
+        return effects
+
+    def aggregate(self, session: Session, now: datetime, study_id: str) -> Effects:
+        """Pool the results of an AGGREGATING study into its result document."""
+        effects = Effects()
+        study = self._study(session, study_id)
+        if study is None or study.state != StudyState.AGGREGATING.name:
+            return effects
+        self._aggregate(session, now, study, self._tasks(session, study.id), effects)
+        return effects
+
+    def resume(self, session: Session) -> Effects:
+        """At start: re-arm the deadline of every open study (one past its deadline fires at
+        once), and finish an aggregation a crash interrupted."""
+        effects = Effects()
+        for study in session.scalars(select(StudyRow).where(StudyRow.state.in_(OPEN_STUDY_STATES))):
+            if study.state == StudyState.AGGREGATING.name:
+                effects.aggregate.add(study.id)
+            else:
+                effects.deadlines[study.id] = study.deadline_at
+        return effects

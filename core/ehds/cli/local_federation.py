@@ -1,0 +1,358 @@
+"""A throw-away federation on this machine: CA, certificates, a coordinator and country nodes,
+each a separate OS process started through the `ehds` command, exactly as an operator would.
+
+Used by `ehds demo` and by the fault tests, so that the demo and the tests exercise the same
+production path: real processes, real mutual TLS, real configuration files, no shortcut.
+Every process runs in its own session (process group) and is stopped, and if need be killed,
+when the federation is closed: nothing is left behind, even after an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from ehds.core.errors import StateError
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+COORDINATOR_READY = re.compile(
+    r"coordinator listening on (?P<host>[^\s:]+):(?P<port>\d+) \(health [^\s:]+:(?P<health>\d+)\)"
+)
+NODE_READY = re.compile(r"node (?P<name>\S+) ready \(health [^\s:]+:(?P<health>\d+)\)")
+
+COUNTRY_OFFSETS = {"fr": 0, "fi": 500_000_000, "dk": 1_000_000_000}
+"""Person-id offsets that keep the country CDMs disjoint, as real partners' ids would be."""
+
+
+class FederationProcessError(StateError):
+    """A federation process did not start, or exited when it should not have."""
+
+
+class ManagedProcess:
+    """One `ehds ...` process, its output in a log file, stopped for sure on close."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str]):
+        self.name = name
+        self.health_port = 0
+        self.args = list(args)
+        self.log_path = log_path
+        # A restarted process appends to the same log: read only what this run wrote.
+        self._offset = log_path.stat().st_size if log_path.exists() else 0
+        self._log: IO[bytes] = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ehds.cli.main", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        """What this run of the process has written so far."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._offset)
+            return log.read().decode("utf-8", errors="replace")
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT_S) -> re.Match[str]:
+        """The first match of ``pattern`` in the log written since start (polls the file)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = pattern.search(self.log_text())
+            if match:
+                return match
+            if not self.alive():
+                raise FederationProcessError(
+                    f"{self.name} exited with status {self.process.returncode} before it was "
+                    f"ready; its log: {self.log_path}\n{self._tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise FederationProcessError(
+                    f"{self.name} not ready after {timeout:.0f} s; its log: {self.log_path}\n"
+                    f"{self._tail()}"
+                )
+            time.sleep(0.05)
+
+    def _tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, then SIGKILL to the whole process group if it does not exit in time."""
+        if self.alive():
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.process.wait(timeout)
+        self._signal_group(signal.SIGKILL)  # anything the process itself left in its group
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no clean-up code of the process runs."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(STOP_TIMEOUT_S)
+        self._log.close()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The federation lives on loopback: a proxy set for the user's shell must not capture it.
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "grpc_proxy"):
+        env.pop(key, None)
+    return env
+
+
+@dataclass
+class NodeSetup:
+    name: str
+    country: str
+    folder: Path
+    cdm: Path
+    config: Path
+    policy: Path
+
+
+@dataclass
+class LocalFederation:
+    """Files of a local federation (`prepare`) and the processes running it."""
+
+    root: Path
+    pki: Path
+    coordinator_config: Path
+    researcher_config: Path
+    operator_config: Path
+    nodes: dict[str, NodeSetup]
+    coordinator_port: int = 0
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=_child_env)
+
+    # ----------------------------------------------------------------------- processes
+
+    def start_coordinator(self) -> ManagedProcess:
+        process = self._start(
+            "coordinator", ["coordinator", "serve", "--config", str(self.coordinator_config)]
+        )
+        match = process.wait_for(COORDINATOR_READY)
+        process.health_port = int(match["health"])
+        port = int(match["port"])
+        if self.coordinator_port == 0:
+            # Pin the port the system chose, so that nodes' configurations stay valid when the
+            # coordinator restarts on the same state.
+            self.coordinator_port = port
+            _rewrite_yaml(self.coordinator_config, ("listen", "port"), port)
+            for node in self.nodes.values():
+                _rewrite_yaml(node.config, ("coordinator", "address"), f"127.0.0.1:{port}")
+            for client in (self.researcher_config, self.operator_config):
+                _rewrite_yaml(client, ("coordinator", "address"), f"127.0.0.1:{port}")
+        return process
+
+    def start_node(self, name: str) -> ManagedProcess:
+        if self.coordinator_port == 0:
+            raise FederationProcessError("start the coordinator before the nodes")
+        node = self.nodes[name]
+        process = self._start(name, ["node", "serve", "--config", str(node.config)])
+        process.health_port = int(process.wait_for(NODE_READY)["health"])
+        return process
+
+    def _start(self, name: str, args: Sequence[str]) -> ManagedProcess:
+        old = self.processes.get(name)
+        if old is not None and old.alive():
+            raise FederationProcessError(f"{name} is already running (pid {old.pid})")
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        process = ManagedProcess(name, args, logs / f"{name}.log", self.env)
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str) -> int:
+        return self.processes[name].stop()
+
+    def close(self) -> None:
+        """Stop the nodes, then the coordinator; kill whatever does not stop."""
+        names = [n for n in self.processes if n != "coordinator"]
+        if "coordinator" in self.processes:
+            names.append("coordinator")
+        for name in names:
+            self.processes[name].stop()
+
+    def running_pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values() if p.alive()]
+
+
+def _rewrite_yaml(path: Path, keys: tuple[str, ...], value: Any) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    target = data
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    _write_yaml(path, data)
+
+
+def _write_yaml(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def prepare(
+    root: Path,
+    countries: Sequence[str] = ("fr", "fi", "dk"),
+    *,
+    persons: int = 20_000,
+    seed: int = 42,
+    analyses: Sequence[tuple[str, str]] = (("person_count", "1.0.0"),),
+    node_policies: dict[str, Sequence[tuple[str, str]]] | None = None,
+    min_cell_count: int = 10,
+    heartbeat_interval_seconds: float = 2.0,
+    keepalive: tuple[float, float] = (10.0, 5.0),
+    cdm_cache: Path | None = None,
+) -> LocalFederation:
+    """Create CA, certificates, country CDMs and configuration files under ``root`` (emptied).
+
+    ``analyses`` is what every node's policy allows, unless ``node_policies`` names a node.
+    ``cdm_cache`` (tests) keeps generated CDMs between federations: generation is
+    deterministic for a (country, persons, seed), so a cached file is the same CDM.
+    """
+    from ehds.omop.database import CdmDatabase
+    from ehds.omop.synth import SynthOptions, generate
+    from ehds.pki import Role, init_authority, issue_certificate
+
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    pki = root / "pki"
+    init_authority(pki, "ehds-demo")
+    issue_certificate(pki, Role.COORDINATOR, "coordinator")
+    issue_certificate(pki, Role.RESEARCHER, "demo-researcher")
+    issue_certificate(pki, Role.OPERATOR, "demo-operator")
+    issued = pki / "issued"
+
+    def tls(name: str) -> dict[str, str]:
+        return {
+            "certificate": str(issued / f"{name}.pem"),
+            "key": str(issued / f"{name}.key"),
+            "ca": str(issued / "ca.pem"),
+        }
+
+    coordinator_dir = root / "coordinator"
+    coordinator_dir.mkdir()
+    coordinator_config = coordinator_dir / "coordinator.yaml"
+    _write_yaml(
+        coordinator_config,
+        {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "tls": tls("coordinator"),
+            "revocation": {"crl": str(pki / "crl.pem"), "check_interval_seconds": 1.0},
+            "state": {"url": "sqlite:///coordinator-state.db"},
+            "health": {"host": "127.0.0.1", "port": 0},
+            "keepalive": {"time_seconds": keepalive[0], "timeout_seconds": keepalive[1]},
+            "heartbeat_interval_seconds": heartbeat_interval_seconds,
+            "studies": {"min_cell_count": min_cell_count},
+        },
+    )
+    clients = {}
+    for role_name in ("researcher", "operator"):
+        path = root / f"{role_name}.yaml"
+        _write_yaml(
+            path,
+            {"coordinator": {"address": "127.0.0.1:1"}, "tls": tls(f"demo-{role_name}")},
+        )
+        clients[role_name] = path
+
+    nodes: dict[str, NodeSetup] = {}
+    for country in countries:
+        name = f"node-{country}"
+        issue_certificate(pki, Role.NODE, name)
+        folder = root / name
+        folder.mkdir()
+        cdm = folder / f"cdm-{country}.duckdb"
+        cached = cdm_cache / f"{country}-{persons}-{seed}.duckdb" if cdm_cache is not None else None
+        if cached is not None and cached.exists():
+            shutil.copyfile(cached, cdm)
+        else:
+            generate(
+                CdmDatabase.parse(str(cdm)),
+                SynthOptions(
+                    persons=persons,
+                    seed=seed,
+                    profile=country,
+                    id_offset=COUNTRY_OFFSETS.get(country, 0),
+                ),
+            )
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cdm, cached)
+        allowed = (node_policies or {}).get(name, analyses)
+        policy = folder / "policy.yaml"
+        _write_yaml(
+            policy,
+            {
+                "version": "demo-1",
+                "min_cell_count": min_cell_count,
+                "analyses": [{"name": n, "version": v} for n, v in allowed],
+            },
+        )
+        config = folder / "node.yaml"
+        _write_yaml(
+            config,
+            {
+                "coordinator": {"address": "127.0.0.1:1"},
+                "tls": tls(name),
+                "cdm": {"url": str(cdm)},
+                "policy": str(policy),
+                "state": str(folder / "node-state.db"),
+                "health": {"host": "127.0.0.1", "port": 0},
+                "keepalive": {"time_seconds": keepalive[0], "timeout_seconds": keepalive[1]},
+                "reconnect": {"initial_seconds": 0.2, "max_seconds": 2.0},
+            },
+        )
+        nodes[name] = NodeSetup(name, country, folder, cdm, config, policy)
+    return LocalFederation(
+        root=root,
+        pki=pki,
+        coordinator_config=coordinator_config,
+        researcher_config=clients["researcher"],
+        operator_config=clients["operator"],
+        nodes=nodes,
+    )
+
+
+@contextmanager
+def running(federation: LocalFederation, *, nodes: bool = True) -> Iterator[LocalFederation]:
+    """Start the coordinator (and the nodes), stop everything on exit whatever happens."""
+    try:
+        federation.start_coordinator()
+        if nodes:
+            for name in federation.nodes:
+                federation.start_node(name)
+        yield federation
+    finally:
+        federation.close()

@@ -1,0 +1,505 @@
+"""The node agent's long-running loop: dial out, hold the stream, hand tasks to the runner.
+
+    run()
+      ├─ resume: tasks stored but not ended (the node stopped or died) go back to the runner
+      └─ until stopped:
+           session: open a link ─ Hello ─ Welcome ─ Heartbeat(seq 0) ─ re-send what the
+                    coordinator has not receipted ─ then react to every CoordinatorMessage
+           wait a jittered backoff delay (reset after each Welcome) and dial again
+
+Delivery rules (node_link.proto): a `TaskAck` is sent only once the task is committed to the
+state database, so an acked task survives a restart. A task already known is acked again, and
+its end is sent again (`TaskOutcome`, or the result while it waits for a `ResultReceipt`).
+After every reconnect the node re-sends each result not yet receipted, and each outcome that
+ended while no stream was up.
+
+Nothing here waits on a task: tasks run on the runner's threads, which report through
+`TaskEvents`; those calls hop onto the event loop and become messages on the current stream
+(progress is dropped while disconnected; ends are stored, so they are sent later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from ehds.analyses.registry import Registry, default_registry
+from ehds.core.config import ConfigError
+from ehds.core.errors import EhdsError
+from ehds.federation.chunks import split_payload
+from ehds.federation.model import (
+    CancelTask,
+    CoordinatorMessage,
+    Heartbeat,
+    Hello,
+    ProtocolVersion,
+    ResultChunk,
+    ResultReceipt,
+    TaskAck,
+    TaskAssignment,
+    TaskOutcome,
+    TaskProgress,
+    TaskStage,
+    Welcome,
+)
+from ehds.federation.version import PROTOCOL_VERSION
+from ehds.node.backoff import Backoff
+from ehds.node.config import NodeConfig
+from ehds.node.errors import NodeStartError, outcome
+from ehds.node.identity import certificate_name
+from ehds.node.link import CoordinatorLink, LinkError, LinkSettings, open_link
+from ehds.node.metrics import NodeMetrics
+from ehds.node.policy import Policy, load_policy
+from ehds.node.profile import CdmVersions, make_profile
+from ehds.node.runner import TaskRunner
+from ehds.node.state import NodeState
+from ehds.node.state_schema import TaskStatus
+from ehds.omop.database import CdmDatabase
+from ehds.omop.schema.layout import SchemaNames
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CLOCK_SKEW_WARNING: Final = timedelta(seconds=5)
+DEFAULT_HEARTBEAT: Final = timedelta(seconds=15)
+MIN_HEARTBEAT: Final = timedelta(milliseconds=50)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_cdm(config: NodeConfig) -> CdmDatabase:
+    """The node's CDM as configured; `NodeStartError` naming the key when it is malformed."""
+    schemas = config.cdm.schemas
+    try:
+        return CdmDatabase.parse(
+            config.cdm.url,
+            SchemaNames(cdm=schemas.cdm, vocab=schemas.vocab, results=schemas.results),
+        )
+    except (EhdsError, ValueError) as exc:
+        raise NodeStartError(f"cdm: {exc}") from None
+
+
+class _Stopped(Exception):  # noqa: N818 (control flow: the agent was asked to stop)
+    pass
+
+
+class NodeAgent:
+    """One node: ``await agent.run()`` until `stop()`.
+
+    The caller owns ``state`` (open it with `NodeState.open`, close it after `run` returns) and
+    has loaded ``policy``; the agent re-reads ``config.policy`` only on `reload_policy`.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        policy: Policy,
+        state: NodeState,
+        *,
+        registry: Registry | None = None,
+        metrics: NodeMetrics | None = None,
+        protocol_version: ProtocolVersion | None = None,
+        insecure: bool = False,
+        rng: random.Random | None = None,
+        shutdown_grace_seconds: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or NodeMetrics()
+        self.node_name = certificate_name(config.tls.certificate)
+        self.protocol_version = protocol_version or ProtocolVersion(*PROTOCOL_VERSION)
+        self._policy = policy
+        self._state = state
+        self._registry = registry or default_registry()
+        self._cdm = open_cdm(config)
+        self._cdm_versions = CdmVersions(self._cdm)
+        self._link_settings = LinkSettings.for_node(
+            config, node_name=self.node_name, insecure=insecure
+        )
+        self._backoff = Backoff(config.reconnect.initial_seconds, config.reconnect.max_seconds, rng)
+        self._shutdown_grace = shutdown_grace_seconds
+        self._runner = TaskRunner(
+            state=state,
+            cdm=self._cdm,
+            registry=self._registry,
+            policy=lambda: self._policy,
+            events=_LoopEvents(self),
+            metrics=self.metrics,
+            workers=config.max_concurrent_tasks,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._reconnect: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._link: CoordinatorLink | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._running = False
+
+    # ----------------------------------------------------------------------- public
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    def ready(self) -> bool:
+        """Configuration and policy loaded, state database open. Deliberately NOT whether the
+        coordinator is reachable: a probe must not restart a node for a network outage."""
+        return self._state.is_open and not self._stop_requested.is_set()
+
+    def stop(self) -> None:
+        """Ask `run` to return; safe from any thread and from signal handlers."""
+        self._stop_requested.set()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._set_stop()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._set_stop)
+
+    def reload_policy(self) -> bool:
+        """Read ``config.policy`` again (SIGHUP). A bad file keeps the policy in force; a
+        changed one takes effect for the next task and is announced with a new Hello (the
+        stream is re-opened at once). Call on the event loop's thread."""
+        path = self.config.policy
+        try:
+            policy = load_policy(path)
+        except ConfigError as exc:
+            log.error("policy reload failed, keeping version %s: %s", self._policy.version, exc)
+            return False
+        if policy == self._policy:
+            log.info("policy %s re-read: unchanged", path)
+            return True
+        log.warning(
+            "policy %s reloaded: version %s -> %s", path, self._policy.version, policy.version
+        )
+        self._policy = policy
+        if self._reconnect is not None:
+            self._reconnect.set()
+        return True
+
+    async def run(self) -> None:
+        """Resume stored tasks, then hold a stream to the coordinator until `stop()`."""
+        if self._running:
+            raise RuntimeError("NodeAgent.run is already running")
+        self._running = True
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._reconnect = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop.set()
+        self._runner.start()
+        try:
+            for task in await asyncio.to_thread(self._state.unfinished):
+                log.info("task %s: resuming after a restart", task.task_id)
+                self._runner.submit(task)
+            await self._connect_loop()
+        finally:
+            await self._shutdown()
+
+    # ----------------------------------------------------------------------- connection
+
+    def _set_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _connect_loop(self) -> None:
+        assert self._stop is not None
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self.metrics.reconnects.inc()
+            first = False
+            try:
+                await self._session()
+            except _Stopped:
+                pass
+            except LinkError as exc:
+                level = logging.WARNING if exc.status == "UNAVAILABLE" else logging.ERROR
+                log.log(level, "coordinator %s: %s", self._link_settings.address, exc)
+            except Exception:
+                # Loud, not fatal: a node that exits on a transient fault (a locked state file,
+                # a bug in one message's handling) would leave its site out until someone
+                # restarts it.
+                log.exception("stream to %s failed", self._link_settings.address)
+            if self._stop.is_set():
+                break
+            assert self._reconnect is not None
+            if self._reconnect.is_set():
+                self._reconnect.clear()
+                continue
+            delay = self._backoff.next_delay()
+            log.info("reconnecting in %.2f s", delay)
+            with contextlib.suppress(_Stopped):
+                await self._until_stopped(asyncio.sleep(delay))
+            self._reconnect.clear()
+
+    async def _until_stopped(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run ``step``; raise `_Stopped` (cancelling it) if stop or reconnect comes first."""
+        assert self._stop is not None
+        assert self._reconnect is not None
+        work = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self._stop.wait())
+        again = asyncio.ensure_future(self._reconnect.wait())
+        try:
+            await asyncio.wait({work, stop, again}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (stop, again):
+                waiter.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EhdsError):
+            await work
+        raise _Stopped
+
+    async def _session(self) -> None:
+        """One stream, from Hello to its end (None: the coordinator ended it with OK)."""
+        versions = await self._cdm_versions.get()
+        profile = make_profile(versions, self._cdm.backend.value, self._policy, self._registry)
+        async with open_link(self._link_settings) as link:
+            link.send(Hello(self.protocol_version, profile))
+            welcome = await self._until_stopped(self._welcome(link))
+            interval = self._accept(welcome)
+            self._backoff.reset()
+            self._link = link
+            self.metrics.connected.set(1)
+            heartbeats = asyncio.create_task(self._heartbeats(link, interval))
+            try:
+                await self._resend_pending(link)
+                while True:
+                    message = await self._until_stopped(link.receive())
+                    if message is None:
+                        log.warning("coordinator ended the stream")
+                        return
+                    await self._handle(link, message)
+            finally:
+                self._link = None
+                self.metrics.connected.set(0)
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
+
+    async def _welcome(self, link: CoordinatorLink) -> Welcome:
+        timeout = self.config.reconnect.handshake_timeout_seconds
+        try:
+            message = await asyncio.wait_for(link.receive(), timeout)
+        except TimeoutError:
+            raise LinkError(
+                f"no Welcome within {timeout:g} s", status="DEADLINE_EXCEEDED"
+            ) from None
+        if message is None:
+            raise LinkError("stream ended before Welcome", status="OK")
+        if not isinstance(message, Welcome):
+            raise LinkError(f"expected Welcome, got {type(message).__name__}", status="PROTOCOL")
+        return message
+
+    def _accept(self, welcome: Welcome) -> float:
+        """Check and log the Welcome; the heartbeat interval in seconds."""
+        ours = self.protocol_version
+        chosen = welcome.protocol_version
+        if chosen.major != ours.major:
+            raise LinkError(
+                f"coordinator chose protocol {chosen}, this node speaks {ours}", status="PROTOCOL"
+            )
+        if chosen.minor > ours.minor:
+            log.warning("coordinator chose protocol %s, newer than this node's %s", chosen, ours)
+        if welcome.node_name != self.node_name:
+            log.warning(
+                "coordinator knows this node as %r but its certificate names %r: was the "
+                "certificate issued under the wrong name?",
+                welcome.node_name,
+                self.node_name,
+            )
+        if welcome.coordinator_time is not None:
+            skew = _now() - welcome.coordinator_time
+            if abs(skew) > CLOCK_SKEW_WARNING:
+                log.warning(
+                    "this node's clock differs from the coordinator's by %.1f s: task deadlines "
+                    "are absolute, fix the clock (NTP)",
+                    skew.total_seconds(),
+                )
+        interval = welcome.heartbeat_interval
+        if interval < MIN_HEARTBEAT:
+            log.warning(
+                "coordinator asked for heartbeats every %s; using %s",
+                interval,
+                DEFAULT_HEARTBEAT,
+            )
+            interval = DEFAULT_HEARTBEAT
+        log.info(
+            "connected to %s as %r (protocol %s, coordinator %s %s)",
+            self._link_settings.address,
+            welcome.node_name,
+            chosen,
+            welcome.coordinator_software.name,
+            welcome.coordinator_software.version,
+        )
+        return interval.total_seconds()
+
+    async def _heartbeats(self, link: CoordinatorLink, interval: float) -> None:
+        """Heartbeat 0 was sent by `_resend_pending`; the rest follow every ``interval``."""
+        seq = 1
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                in_flight = await asyncio.to_thread(self._state.in_flight_task_ids)
+            except Exception:
+                log.exception("cannot read in-flight tasks; skipping heartbeat %d", seq)
+                continue
+            link.send(Heartbeat(seq, in_flight))
+            seq += 1
+
+    async def _resend_pending(self, link: CoordinatorLink) -> None:
+        """Right after Welcome: the first heartbeat, then every result not yet receipted and
+        every outcome that ended while no stream was up."""
+        in_flight = await asyncio.to_thread(self._state.in_flight_task_ids)
+        link.send(Heartbeat(0, in_flight))
+        for task in await asyncio.to_thread(self._state.unreported_outcomes):
+            if task.error_code is not None:
+                await self._send_outcome(link, outcome(task.task_id, task.error_code))
+        for task_id in await asyncio.to_thread(self._state.unreceipted_results):
+            await self._send_result(link, task_id)
+
+    # ----------------------------------------------------------------------- messages
+
+    async def _handle(self, link: CoordinatorLink, message: CoordinatorMessage) -> None:
+        match message:
+            case TaskAssignment():
+                await self._on_assignment(link, message)
+            case CancelTask():
+                if not self._runner.cancel(message.task_id):
+                    log.info("cancel for task %s, which is not running", message.task_id)
+                else:
+                    log.info("task %s: cancel requested (%s)", message.task_id, message.reason)
+            case ResultReceipt():
+                stored = await asyncio.to_thread(
+                    self._state.receipt, message.task_id, message.sha256
+                )
+                if stored:
+                    log.info("task %s: result receipted", message.task_id)
+                else:
+                    log.warning(
+                        "task %s: receipt does not match a result in the outbox (sha256 %s); "
+                        "the result stays and is sent again after a reconnect",
+                        message.task_id,
+                        message.sha256.hex(),
+                    )
+            case Welcome():
+                log.warning("ignoring a second Welcome on the same stream")
+
+    async def _on_assignment(self, link: CoordinatorLink, assignment: TaskAssignment) -> None:
+        if not assignment.task_id:
+            log.warning("ignoring an assignment without a task id (study %s)", assignment.study_id)
+            return
+        try:
+            task, new = await asyncio.to_thread(self._state.record_assignment, assignment)
+        except Exception:
+            # No ack: the coordinator sends the assignment again.
+            log.exception("task %s: cannot store the assignment", assignment.task_id)
+            return
+        link.send(TaskAck(task.task_id))
+        if new:
+            log.info(
+                "task %s: received (study %s, %s)",
+                task.task_id,
+                task.study_id,
+                task.analysis,
+            )
+            self._runner.submit(task)
+            return
+        log.info("task %s: assignment repeated (status %s)", task.task_id, task.status.value)
+        if task.status is TaskStatus.OUTCOME and task.error_code is not None:
+            await self._send_outcome(link, outcome(task.task_id, task.error_code))
+        elif task.status is TaskStatus.DONE:
+            await self._send_result(link, task.task_id)
+        elif task.task_id not in self._runner.active():
+            self._runner.submit(task)
+
+    async def _send_outcome(self, link: CoordinatorLink, task_outcome: TaskOutcome) -> None:
+        link.send(task_outcome)
+        await asyncio.to_thread(self._state.mark_outcome_reported, task_outcome.task_id)
+
+    async def _send_result(self, link: CoordinatorLink, task_id: str) -> None:
+        stored = await asyncio.to_thread(self._state.result, task_id)
+        if stored is None:
+            return
+        chunks = await asyncio.to_thread(split_payload, stored.payload, stored.content_type)
+        for chunk in chunks:
+            link.send(ResultChunk(task_id, chunk))
+        log.info("task %s: result sent in %d chunk(s)", task_id, len(chunks))
+
+    # ----------------------------------------------------------------------- runner events
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_progress(self, progress: TaskProgress) -> None:
+        if self._link is not None:
+            self._link.send(progress)
+
+    def _on_result_ready(self, task_id: str) -> None:
+        if self._link is not None:
+            self._spawn(self._send_result(self._link, task_id))
+
+    def _on_outcome(self, task_outcome: TaskOutcome) -> None:
+        if self._link is not None:
+            self._spawn(self._send_outcome(self._link, task_outcome))
+
+    def _from_thread(self, callback: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(callback, *args)
+
+    # ----------------------------------------------------------------------- shutdown
+
+    async def _shutdown(self) -> None:
+        """Stop the stream (done by the caller of this), then the workers, without sending an
+        end for the tasks they were running: those run again at the next start."""
+        self._stop_requested.set()
+        self._cdm_versions.cancel()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.to_thread(self._runner.shutdown, self._shutdown_grace)
+        self.metrics.connected.set(0)
+        log.info("node %s stopped", self.node_name)
+
+
+class _LoopEvents:
+    """`TaskEvents` for the runner: each call hops from a worker thread onto the event loop."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    def progress(self, task_id: str, stage: TaskStage, fraction: float) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self._agent._from_thread(self._agent._on_progress, TaskProgress(task_id, fraction, stage))
+
+    def result_ready(self, task_id: str) -> None:
+        self._agent._from_thread(self._agent._on_result_ready, task_id)
+
+    def ended(self, task_outcome: TaskOutcome) -> None:
+        self._agent._from_thread(self._agent._on_outcome, task_outcome)

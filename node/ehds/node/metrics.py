@@ -1,0 +1,57 @@
+"""The node's Prometheus metrics, served on its plain health port.
+
+One object per agent, on its own `CollectorRegistry` (never prometheus' global default), so
+that tests and several agents in one process do not share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ehds.federation.model import AnalysisRef, ErrorCode
+
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def outcome_label(code: ErrorCode | None) -> str:
+    """``done`` for a result, else ``refused`` (a decision), ``cancelled`` or ``failed``."""
+    if code is None:
+        return "done"
+    if code.is_refusal:
+        return "refused"
+    if code is ErrorCode.CANCELLED:
+        return "cancelled"
+    return "failed"
+
+
+class NodeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.connected = Gauge(
+            "ehds_node_connected",
+            "1 while the node holds a welcomed stream to the coordinator, else 0",
+            registry=self.registry,
+        )
+        self.reconnects = Counter(
+            "ehds_node_stream_reconnects",
+            "Connection attempts after the first one (stream lost or attempt failed)",
+            registry=self.registry,
+        )
+        self.tasks = Counter(
+            "ehds_node_tasks",
+            "Tasks ended at this node, by analysis and outcome (done|refused|failed|cancelled)",
+            ["analysis", "outcome"],
+            registry=self.registry,
+        )
+        self.task_duration = Histogram(
+            "ehds_node_task_duration_seconds",
+            "Time from a task's start on a worker to its end, by analysis",
+            ["analysis"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def task_ended(self, analysis: AnalysisRef, code: ErrorCode | None, seconds: float) -> None:
+        label = str(analysis)
+        self.tasks.labels(analysis=label, outcome=outcome_label(code)).inc()
+        self.task_duration.labels(analysis=label).observe(seconds)

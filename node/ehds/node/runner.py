@@ -1,0 +1,349 @@
+"""Runs tasks on worker threads: validate, compute, store the result or the outcome.
+
+Why threads beside the event loop: an analysis is blocking code (SQL through SQLAlchemy, the
+engine's own threads), and a slow or stuck one must never hold up the stream, the heartbeats or
+another task. Each task runs on one of ``workers`` daemon threads with its own cancel flag;
+a `CancelTask`, its deadline or the node's shutdown sets the flag and interrupts its queries.
+
+Daemon threads rather than `ThreadPoolExecutor`: the executor's threads are joined when the
+interpreter exits, so one analysis that ignores its cancel flag would keep a stopped node
+alive forever. Here shutdown waits a bounded time, then leaves such a thread to die with the
+process (its task runs again at the next start).
+
+The runner reports through `TaskEvents`, called from worker and timer threads; the agent turns
+those calls into messages on the stream when it has one. Every end of a task is written to the
+state database first, so that nothing is lost while the node is disconnected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from ehds.analyses.base import (
+    Analysis,
+    AnalysisParameters,
+    ComputeContext,
+    InvalidParametersError,
+    TaskCancelledError,
+    canonical_json,
+)
+from ehds.analyses.registry import (
+    Registry,
+    UnknownAnalysisError,
+    UnsupportedAnalysisVersionError,
+)
+from ehds.federation.limits import MAX_PARAMETERS_BYTES
+from ehds.federation.model import ErrorCode, TaskOutcome, TaskStage
+from ehds.node.cdm_access import QueryGuard, TaskCdm, is_cdm_unavailable
+from ehds.node.errors import OUTCOME_MESSAGES, outcome
+from ehds.node.metrics import NodeMetrics
+from ehds.node.policy import Policy
+from ehds.node.state import NodeState, StoredTask
+from ehds.omop.database import CdmDatabase
+
+log = logging.getLogger(__name__)
+
+RESULT_CONTENT_TYPE: Final = "application/json"
+
+MAX_ATTEMPTS: Final = 3
+"""Starts of one task that may end with the node dying (OOM, native crash, SIGKILL) before the
+task is given up as INTERNAL: a task that kills its node must not keep it in a restart loop."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskEvents(Protocol):
+    """What the runner tells the agent; called from worker and timer threads."""
+
+    def progress(self, task_id: str, stage: TaskStage, fraction: float) -> None: ...
+
+    def result_ready(self, task_id: str) -> None:
+        """The result is in the outbox (state database)."""
+
+    def ended(self, task_outcome: TaskOutcome) -> None:
+        """The task ended without a result; the outcome is already stored."""
+
+
+class _Refusal(Exception):  # noqa: N818 (control flow inside the runner, never raised out)
+    def __init__(self, code: ErrorCode) -> None:
+        super().__init__(code.name)
+        self.code = code
+
+
+@dataclass
+class _Handle:
+    task: StoredTask
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    guard: QueryGuard = field(default_factory=QueryGuard)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Why the cancel flag is set: CANCELLED or DEADLINE_EXCEEDED; None with `shutdown`.
+    reason: ErrorCode | None = None
+    shutdown: bool = False
+    started: bool = False
+    done: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+    timer: threading.Timer | None = None
+
+    def stop(self, reason: ErrorCode | None) -> bool:
+        """Set the cancel flag (first reason wins); True if the task had not started yet."""
+        with self.lock:
+            if self.done:
+                return False
+            if reason is None:
+                self.shutdown = True
+            elif self.reason is None and not self.shutdown:
+                self.reason = reason
+            not_started = not self.started
+        self.cancelled.set()
+        self.guard.interrupt()
+        return not_started
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        state: NodeState,
+        cdm: CdmDatabase,
+        registry: Registry,
+        policy: Callable[[], Policy],
+        events: TaskEvents,
+        metrics: NodeMetrics,
+        workers: int,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._state = state
+        self._cdm = cdm
+        self._registry = registry
+        self._policy = policy
+        self._events = events
+        self._metrics = metrics
+        self._clock = clock
+        self._worker_count = workers
+        self._queue: queue.SimpleQueue[_Handle | None] = queue.SimpleQueue()
+        self._handles: dict[str, _Handle] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        for number in range(self._worker_count):
+            thread = threading.Thread(
+                target=self._work, name=f"ehds-node-task-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def active(self) -> set[str]:
+        """Tasks submitted and not yet ended."""
+        with self._lock:
+            return set(self._handles)
+
+    def submit(self, task: StoredTask) -> bool:
+        """Queue a stored task; False if it is already queued or running, or during shutdown."""
+        with self._lock:
+            if self._stopping or task.task_id in self._handles:
+                return False
+            handle = _Handle(task)
+            self._handles[task.task_id] = handle
+        remaining = (task.deadline - self._clock()).total_seconds()
+        timer = threading.Timer(max(0.0, remaining), self._expire, (handle,))
+        timer.name = f"ehds-node-deadline-{task.task_id}"
+        timer.daemon = True
+        handle.timer = timer
+        timer.start()
+        self._queue.put(handle)
+        return True
+
+    def cancel(self, task_id: str) -> bool:
+        """Stop a queued or running task with ERROR_CODE_CANCELLED; False if it is not active."""
+        with self._lock:
+            handle = self._handles.get(task_id)
+        if handle is None:
+            return False
+        if handle.stop(ErrorCode.CANCELLED):
+            # Not started: end it now rather than when a worker frees up.
+            self._finish(handle, ErrorCode.CANCELLED)
+        return True
+
+    def _expire(self, handle: _Handle) -> None:
+        if handle.stop(ErrorCode.DEADLINE_EXCEEDED):
+            self._finish(handle, ErrorCode.DEADLINE_EXCEEDED)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop every task without recording an end (they run again at the next start) and wait
+        up to ``timeout`` seconds for the workers; False if one did not stop in time."""
+        with self._lock:
+            self._stopping = True
+            handles = list(self._handles.values())
+        for handle in handles:
+            handle.stop(None)
+            if handle.timer is not None:
+                handle.timer.cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            log.warning(
+                "%d task worker(s) did not stop within %.0f s; their tasks run again at the "
+                "next start",
+                len(stuck),
+                timeout,
+            )
+        return not stuck
+
+    # ----------------------------------------------------------------------- worker side
+
+    def _work(self) -> None:
+        while (handle := self._queue.get()) is not None:
+            try:
+                self._run(handle)
+            except Exception:
+                # _run handles everything; this is a last guard that keeps the worker alive.
+                log.exception("task %s: unexpected failure in the runner", handle.task.task_id)
+
+    def _run(self, handle: _Handle) -> None:
+        task = handle.task
+        with handle.lock:
+            if handle.done or handle.shutdown:
+                return
+            handle.started = True
+            handle.started_at = time.monotonic()
+        policy = self._policy()
+        attempt = self._state.start_attempt(task.task_id, policy.version)
+        if attempt > MAX_ATTEMPTS:
+            log.error(
+                "task %s (%s) was started %d times without ending (the node died while "
+                "running it?); giving it up",
+                task.task_id,
+                task.analysis,
+                attempt - 1,
+            )
+            self._finish(handle, ErrorCode.INTERNAL)
+            return
+        log.info("task %s: running %s (attempt %d)", task.task_id, task.analysis, attempt)
+        self._events.progress(task.task_id, TaskStage.VALIDATING, 0.0)
+        try:
+            analysis, params, min_cell_count = self._validate(task, policy)
+            context = ComputeContext(
+                cdm=TaskCdm.of(self._cdm, handle.guard),
+                min_cell_count=min_cell_count,
+                cancelled=handle.cancelled,
+                report=lambda stage, fraction: self._events.progress(task.task_id, stage, fraction),
+            )
+            released = analysis.compute(params, context)
+            with handle.lock:
+                if handle.reason is not None:
+                    raise TaskCancelledError
+            payload = canonical_json(released)
+        except _Refusal as refusal:
+            self._finish(handle, refusal.code)
+        except Exception as exc:
+            self._failed(handle, exc)
+        else:
+            self._finish(handle, None, payload)
+
+    def _validate(
+        self, task: StoredTask, policy: Policy
+    ) -> tuple[Analysis[Any], AnalysisParameters, int]:
+        """Policy first: a node tells nothing about analyses its policy does not allow."""
+        if not policy.allows(task.analysis):
+            log.info(
+                "task %s: %s refused by site policy %s", task.task_id, task.analysis, policy.version
+            )
+            raise _Refusal(ErrorCode.POLICY_REFUSED)
+        try:
+            analysis = self._registry.get(task.analysis)
+        except UnknownAnalysisError:
+            raise _Refusal(ErrorCode.ANALYSIS_UNKNOWN) from None
+        except UnsupportedAnalysisVersionError:
+            raise _Refusal(ErrorCode.ANALYSIS_VERSION_UNSUPPORTED) from None
+        if len(task.parameters) > MAX_PARAMETERS_BYTES:
+            raise _Refusal(ErrorCode.INVALID_PARAMETERS)
+        try:
+            params = analysis.parse_parameters(task.parameters)
+        except InvalidParametersError as exc:
+            # The message names fields and what was expected, never a value: safe to log.
+            log.info("task %s: %s", task.task_id, exc)
+            raise _Refusal(ErrorCode.INVALID_PARAMETERS) from None
+        if self._clock() >= task.deadline:
+            raise _Refusal(ErrorCode.DEADLINE_EXCEEDED)
+        return analysis, params, max(policy.min_cell_count, task.min_cell_count)
+
+    def _failed(self, handle: _Handle, exc: Exception) -> None:
+        task = handle.task
+        with handle.lock:
+            reason, shutdown = handle.reason, handle.shutdown
+        if shutdown:
+            log.info("task %s: stopped by shutdown; it runs again at the next start", task.task_id)
+            try:
+                self._state.requeue(task.task_id)
+            except Exception:
+                log.warning("task %s: could not requeue it", task.task_id, exc_info=True)
+            return
+        if reason is not None:
+            self._finish(handle, reason)
+        elif isinstance(exc, TaskCancelledError):
+            self._finish(handle, ErrorCode.CANCELLED)
+        elif is_cdm_unavailable(exc):
+            log.warning(
+                "task %s: the CDM is unavailable (%s)",
+                task.task_id,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            self._finish(handle, ErrorCode.CDM_UNAVAILABLE)
+        else:
+            # The traceback stays in this node's log; only the code and its fixed text leave.
+            log.exception("task %s: %s failed", task.task_id, task.analysis)
+            self._finish(handle, ErrorCode.INTERNAL)
+
+    def _finish(self, handle: _Handle, code: ErrorCode | None, payload: bytes = b"") -> None:
+        """Record the end of a task exactly once, then tell the agent."""
+        task = handle.task
+        with handle.lock:
+            if handle.done:
+                return
+            handle.done = True
+            started = handle.started_at
+        if handle.timer is not None:
+            handle.timer.cancel()
+        try:
+            if code is None:
+                digest = hashlib.sha256(payload).digest()
+                self._state.end_with_result(task.task_id, payload, digest, RESULT_CONTENT_TYPE)
+                log.info(
+                    "task %s: done, result of %d bytes (sha256 %s)",
+                    task.task_id,
+                    len(payload),
+                    digest.hex(),
+                )
+            else:
+                self._state.end_with_outcome(task.task_id, code, OUTCOME_MESSAGES[code])
+                log.info("task %s: ended with %s", task.task_id, code.name)
+        except Exception:
+            # Not recorded: the task stays queued/running and runs again at the next start.
+            log.exception("task %s: cannot record its end in the state database", task.task_id)
+            return
+        finally:
+            with self._lock:
+                self._handles.pop(task.task_id, None)
+        self._metrics.task_ended(task.analysis, code, time.monotonic() - started)
+        if code is None:
+            self._events.progress(task.task_id, TaskStage.UPLOADING, 1.0)
+            self._events.result_ready(task.task_id)
+        else:
+            self._events.ended(outcome(task.task_id, code))

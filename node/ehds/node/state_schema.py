@@ -1,0 +1,110 @@
+"""Tables of the node's own state database (SQLite), mirrored by the Alembic migrations in
+``migrations/versions``; a test checks that the two agree.
+
+Why the node keeps state at all: a `TaskAck` promises the coordinator that the task survives a
+node restart, and a result must be re-sent until the coordinator's `ResultReceipt`, across
+reconnects and restarts. Both promises need a durable record written before the promise is made.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime, stored naive (SQLite has no time zones) and read back aware."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the node's state holds aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task stands at this node.
+
+    ``queued`` (stored and acked) -> ``running`` (on a worker) -> ``done`` (result in the outbox)
+    or ``outcome`` (ended without a result; ``error_code`` says why). A node that stops or dies
+    leaves ``queued`` and ``running`` tasks as they are: they run again when it starts.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    OUTCOME = "outcome"
+
+    @property
+    def ended(self) -> bool:
+        return self in (TaskStatus.DONE, TaskStatus.OUTCOME)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "pk": "pk_%(table_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    task_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.String(200))
+    analysis_name: Mapped[str] = mapped_column(sa.String(200))
+    analysis_version: Mapped[str] = mapped_column(sa.String(100))
+    # Canonical JSON exactly as received: its digest matches the coordinator's audit log.
+    parameters: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    deadline: Mapped[datetime] = mapped_column(UtcDateTime)
+    min_cell_count: Mapped[int] = mapped_column(sa.Integer)
+    permit: Mapped[str] = mapped_column(sa.String(200), default="")
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    # ErrorCode value when status is ``outcome``.
+    error_code: Mapped[int | None] = mapped_column(sa.Integer)
+    message: Mapped[str | None] = mapped_column(sa.String(256))
+    # Whether the outcome was handed to a live stream. An outcome that ended while the node was
+    # disconnected is sent on the next connection, not only when the assignment comes again.
+    outcome_reported: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # Version of the site policy that decided the task, for the audit trail.
+    policy_version: Mapped[str | None] = mapped_column(sa.String(100))
+    # Times a worker started the task: a task that kills the node every time it runs (memory,
+    # a native crash) must not put it in a restart loop forever.
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ResultRow(Base):
+    """The outbox: a computed result kept until the coordinator's `ResultReceipt`."""
+
+    __tablename__ = "results"
+
+    task_id: Mapped[str] = mapped_column(
+        sa.String(200), sa.ForeignKey("tasks.task_id"), primary_key=True
+    )
+    # Dropped (NULL) once receipted: the coordinator holds the copy of record.
+    payload: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    sha256: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    content_type: Mapped[str] = mapped_column(sa.String(100))
+    size: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    receipted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+metadata = Base.metadata

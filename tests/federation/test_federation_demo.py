@@ -1,0 +1,69 @@
+"""The README's first command: `ehds demo` runs a whole federation and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ehds.pki import Identity
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_demo_runs_a_three_country_federation_and_stops_every_process(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ehds.cli.main",
+            "demo",
+            "--persons",
+            "2000",
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    # Three nodes, three distinct certificate subjects, as the coordinator saw them.
+    connected = re.search(r"connected \(identity from each node's certificate\): (.+)", out)
+    assert connected is not None, out
+    assert connected.group(1).split(", ") == ["node-dk", "node-fi", "node-fr"]
+    issued = workdir / "federation" / "pki" / "issued"
+    subjects = {
+        Identity.from_certificate((issued / f"node-{c}.pem").read_bytes())
+        for c in ("fr", "fi", "dk")
+    }
+    assert len(subjects) == 3
+    # A progress line while waiting, then per-node and pooled results.
+    assert re.search(r"completed\s+3/3 nodes ended", out), out
+    header = next(line for line in out.splitlines() if line.startswith("sex"))
+    assert header.split() == ["sex", "age", "band", "node-dk", "node-fi", "node-fr", "pooled"]
+    assert "FEMALE" in out
+    assert "MALE" in out
+    assert "no process left" in out
+    assert _processes_mentioning(str(workdir)) == []
