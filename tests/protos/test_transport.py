@@ -223,7 +223,7 @@ def test_options_set_keepalive_and_never_raise_message_limits() -> None:
     assert server["grpc.keepalive_timeout_ms"] == 5_000
     assert server["grpc.http2.ping_timeout_ms"] == 5_000
     assert server["grpc.keepalive_permit_without_calls"] == 1
-    min_interval = server["grpc.http2.min_recv_ping_interval_without_data_ms"]
+    min_interval = server["grpc.http2.min_ping_interval_without_data_ms"]
     assert isinstance(min_interval, int)
     assert min_interval <= 20_000
     for name in (*client, *server):
@@ -323,3 +323,20 @@ def test_the_proxy_option_overrides_the_environment(
             assert environment_proxy.tunnels == [target]
 
     _run(scenario)
+
+
+def test_every_option_name_is_one_grpc_core_knows() -> None:
+    """grpc ignores an option it does not know, silently: a misspelt keepalive setting would
+    leave the 5-minute default in force and cut nodes off with "too many pings"."""
+    import pathlib
+
+    import grpc
+
+    library = next(pathlib.Path(grpc.__file__).parent.rglob("cygrpc*.so")).read_bytes()
+    keepalive = Keepalive(time_seconds=20, timeout_seconds=5)
+    names = {
+        *dict(channel_options(keepalive, server_name="coord", proxy="http://proxy:3128")),
+        *dict(server_options(keepalive)),
+    }
+    unknown = sorted(name for name in names if name.encode() not in library)
+    assert unknown == []

@@ -126,7 +126,7 @@ def server_options(keepalive: Keepalive) -> list[ChannelOption]:
         *_keepalive_options(keepalive),
         ("grpc.http2.max_pings_without_data", 0),
         (
-            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            "grpc.http2.min_ping_interval_without_data_ms",
             min(time_ms, MIN_CLIENT_PING_INTERVAL_MS),
         ),
     ]
