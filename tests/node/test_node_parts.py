@@ -12,11 +12,12 @@ import pytest
 import sqlalchemy as sa
 from node_harness import LocalAnalyses
 
+from ehds.analyses.base import TaskCancelledError
 from ehds.federation.limits import MAX_OUTCOME_MESSAGE_CHARS
 from ehds.federation.model import AnalysisRef, ErrorCode
 from ehds.node import profile
 from ehds.node.backoff import Backoff
-from ehds.node.cdm_access import is_cdm_unavailable
+from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavailable
 from ehds.node.errors import OUTCOME_MESSAGES, outcome
 from ehds.node.metrics import outcome_label
 from ehds.node.policy import AllowedAnalysis, Policy
@@ -123,3 +124,47 @@ def test_a_hung_cdm_does_not_hold_up_hello(monkeypatch: pytest.MonkeyPatch) -> N
         assert await versions.get() == ("5.4", "v5.0 30-AUG-24")
 
     asyncio.run(main())
+
+
+def test_shared_cdm_interrupts_one_task_and_not_another(cdm: Path) -> None:
+    """Tasks share one read-only engine, each with its own connection: interrupting one task's
+    statement leaves the other's running, and the interrupted connection is not pooled."""
+    base = CdmDatabase.parse(str(cdm))
+    shared = SharedCdm(base)
+    slow, quick = QueryGuard(), QueryGuard()
+    slow_cdm, quick_cdm = TaskCdm.of(base, slow, shared), TaskCdm.of(base, quick, shared)
+    assert slow_cdm.table("person") is base.table("person")  # definitions built once
+    failure: list[BaseException] = []
+    started = threading.Event()
+
+    def run_slow() -> None:
+        try:
+            with slow_cdm.connect(read_only=True) as conn:
+                started.set()
+                conn.execute(
+                    sa.text("SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3")
+                )
+        except BaseException as exc:
+            failure.append(exc)
+
+    try:
+        thread = threading.Thread(target=run_slow)
+        thread.start()
+        assert started.wait(10)
+        with quick_cdm.connect(read_only=True) as conn:
+            # An interrupt that lands before the statement starts is lost (DuckDB): repeat it.
+            for _ in range(200):
+                slow.interrupt()
+                thread.join(0.05)
+                if not thread.is_alive():
+                    break
+            assert not thread.is_alive()
+            assert failure
+            persons = conn.execute(sa.text("SELECT count(*) FROM cdm.person")).scalar_one()
+        assert persons == 500
+        with pytest.raises(TaskCancelledError), slow_cdm.connect(read_only=True):
+            pass
+        with quick_cdm.connect(read_only=True) as conn:  # the pool still serves others
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        shared.close()

@@ -48,6 +48,7 @@ from ehds.federation.model import (
     TaskStage,
 )
 from ehds.node.errors import OUTCOME_MESSAGES
+from ehds.node.runner import PROGRESS_AFTER_S
 from ehds.omop.database import CdmDatabase
 
 Scenario = Callable[[FakeCoordinator, RunningNode, Session], Awaitable[None]]
@@ -85,6 +86,25 @@ def run_scenario(
 
 def outcome_of(session: Session, task_id: str) -> Awaitable[TaskOutcome]:
     return session.next(TaskOutcome, lambda m: m.task_id == task_id)
+
+
+def test_progress_only_for_a_task_running_longer_than_the_threshold(
+    tmp_path: Path, pki: Pki, cdm: Path
+) -> None:
+    async def scenario(coordinator: FakeCoordinator, node: RunningNode, session: Session) -> None:
+        session.send(assignment("t-slow", "test.sleep", b'{"seconds":2.2}'))
+        await session.next(TaskAck, lambda m: m.task_id == "t-slow")
+        acked = asyncio.get_running_loop().time()
+        first = await session.next(TaskProgress, lambda m: m.task_id == "t-slow")
+        assert asyncio.get_running_loop().time() - acked >= PROGRESS_AFTER_S - 0.1
+        assert first.stage is TaskStage.COMPUTING
+        await session.result("t-slow")
+        progress = [m for m in session.received if isinstance(m, TaskProgress)]
+        assert progress[-1].stage is TaskStage.UPLOADING
+        # 2.2 s of work: at most one message per second, then "uploading".
+        assert 2 <= len(progress) <= 4
+
+    run_scenario(tmp_path, pki, cdm, scenario)
 
 
 def test_hello_announces_versions_engine_and_policy_capabilities(
@@ -138,10 +158,8 @@ def test_person_count_result_is_the_analysis_output_as_canonical_json(
         )
         assert json.loads(payload.data) == expected
         assert payload.data == json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
-        stages = [m.stage for m in session.received if isinstance(m, TaskProgress)]
-        assert stages[0] is TaskStage.VALIDATING
-        assert TaskStage.QUERYING in stages
-        assert stages[-1] is TaskStage.UPLOADING
+        # A task that ends within PROGRESS_AFTER_S sends no progress: ack, then the result.
+        assert not [m for m in session.received if isinstance(m, TaskProgress)]
         # Until the receipt, the task is in flight; after it, no longer.
         await session.next(Heartbeat, lambda m: "t-count" in m.in_flight_task_ids)
         session.send(ResultReceipt("t-count", payload.sha256))

@@ -8,8 +8,10 @@ change behind it is durable, and after a restart everything resumes from the dat
 are re-armed, tasks go out again when their nodes reconnect.
 
 What is NOT written on every message: a node's last-seen time (heartbeats would otherwise be a
-write per node every few seconds). It lives in memory and is flushed periodically and when a
-stream ends.
+write per node every few seconds), and a task's progress (`progress.py`). They live in memory and
+are flushed periodically (progress also with the task's next change) and at shutdown. Watch
+streams wake at once for a change of state, at most every `PROGRESS_NOTIFY_INTERVAL_S` for
+progress alone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from ehds.coordinator.config import CoordinatorConfig
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import NodeRevokedError, ProtocolVersionError
 from ehds.coordinator.metrics import CoordinatorMetrics
+from ehds.coordinator.progress import LiveProgress
 from ehds.coordinator.revocation import RevocationChecker
+from ehds.coordinator.state.node_changes import Report
 from ehds.coordinator.state.store import ResultOutcome, Store, StudyPage
 from ehds.coordinator.state.worker import DatabaseWorker, WorkerClosedError
 from ehds.coordinator.streams import CloseCode, NodeSession, NodeStreams
@@ -48,6 +52,7 @@ from ehds.federation.model import (
     Study,
     StudySpec,
     TaskAck,
+    TaskAssignment,
     TaskOutcome,
     TaskProgress,
     Welcome,
@@ -74,6 +79,10 @@ SOFTWARE: Final = _software()
 
 SHUTDOWN_DETAILS: Final = "the coordinator is shutting down; reconnect later"
 
+PROGRESS_NOTIFY_INTERVAL_S: Final = 0.25
+"""Watch streams of a study wake at most this often for progress alone (a change of state
+wakes them at once)."""
+
 MAX_BACKLOG: Final = 10_000
 """Queued database writes above which a node's stream waits for its own write to commit."""
 
@@ -95,8 +104,13 @@ def negotiate(node: ProtocolVersion) -> ProtocolVersion:
 class StudyNotifier:
     """Wakes Watch streams when their study changes; nothing polls the database."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress_interval: float = PROGRESS_NOTIFY_INTERVAL_S) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._progress_interval = progress_interval
+        # Per watched study: when Watch streams last woke (loop time), and the pending wake-up
+        # of progress reported since.
+        self._last_wake: dict[str, float] = {}
+        self._progress_due: dict[str, asyncio.TimerHandle] = {}
 
     def event(self, study_id: str) -> asyncio.Event:
         """An event set at the study's next change (take it BEFORE reading the study)."""
@@ -106,14 +120,46 @@ class StudyNotifier:
         return event
 
     def notify(self, study_ids: set[str]) -> None:
+        """A change of state: wake the study's Watch streams now."""
         for study_id in study_ids:
-            event = self._events.pop(study_id, None)
-            if event is not None:
-                event.set()
+            self._wake(study_id)
+
+    def notify_progress(self, study_id: str) -> None:
+        """Progress alone: wake the Watch streams now, or once the interval since they last
+        woke has passed (one wake-up then carries every report meanwhile)."""
+        if study_id not in self._events or study_id in self._progress_due:
+            return  # nobody watches, or a wake-up is already due
+        loop = asyncio.get_running_loop()
+        last = self._last_wake.get(study_id)
+        delay = 0.0 if last is None else last + self._progress_interval - loop.time()
+        if delay <= 0:
+            self._wake(study_id)
+        else:
+            self._progress_due[study_id] = loop.call_later(delay, self._wake, study_id)
+
+    def forget(self, study_id: str) -> None:
+        """The study ended: nothing more to throttle."""
+        self._last_wake.pop(study_id, None)
+        handle = self._progress_due.pop(study_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _wake(self, study_id: str) -> None:
+        handle = self._progress_due.pop(study_id, None)
+        if handle is not None:
+            handle.cancel()
+        event = self._events.pop(study_id, None)
+        if event is not None:
+            self._last_wake[study_id] = asyncio.get_running_loop().time()
+            event.set()
 
     def wake_all(self) -> None:
         """Shutdown: every waiting Watch wakes up (and sees that the coordinator stops)."""
         self.notify(set(self._events))
+        for handle in self._progress_due.values():
+            handle.cancel()
+        self._progress_due.clear()
+        self._last_wake.clear()
 
 
 class Dispatcher:
@@ -139,6 +185,7 @@ class Dispatcher:
         self.store = Store(registry, min_cell_count=config.studies.min_cell_count)
         self.streams = NodeStreams()
         self._notifier = StudyNotifier()
+        self._progress = LiveProgress()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._revoked: set[str] = set()
@@ -177,6 +224,7 @@ class Dispatcher:
         for session in self.streams:
             self.close_session(session)
         await self._flush_last_seen()
+        await self._flush_progress()
 
     @property
     def closing(self) -> bool:
@@ -186,12 +234,16 @@ class Dispatcher:
 
     def _apply(self, effects: Effects) -> None:
         for node, message in effects.messages:
+            if isinstance(message, TaskAssignment):
+                self._progress.assigned(message.task_id, node, message.study_id)
             self.streams.send(node, message)
         self._metrics.record(effects)
         for study_id in effects.ended_studies:
             handle = self._timers.pop(study_id, None)
             if handle is not None:
                 handle.cancel()
+            self._progress.forget_study(study_id)
+            self._notifier.forget(study_id)
         for study_id, deadline in effects.deadlines.items():
             if study_id not in effects.ended_studies:
                 self._arm(study_id, deadline)
@@ -321,20 +373,10 @@ class Dispatcher:
                     lambda s: self.store.task_ack(s, _now(), name, task_id), self._apply
                 )
             case TaskProgress():
-                progress = message
-                future = self._db.enqueue(
-                    lambda s: self.store.task_progress(
-                        s,
-                        _now(),
-                        name,
-                        progress.task_id,
-                        stage=progress.stage,
-                        fraction=progress.fraction,
-                    ),
-                    self._apply,
-                )
+                self._on_progress(name, message)
             case TaskOutcome():
                 outcome = message
+                self._persist_running(name, outcome.task_id)
                 future = self._db.enqueue(
                     lambda s: self.store.task_outcome(
                         s,
@@ -383,6 +425,7 @@ class Dispatcher:
             return None
         session.assemblers.pop(task_id, None)
         name = session.name
+        self._persist_running(name, task_id)
 
         def committed(outcome: ResultOutcome) -> None:
             if outcome.receipt is not None:
@@ -393,6 +436,72 @@ class Dispatcher:
         return self._db.enqueue(
             lambda s: self.store.task_result(s, _now(), name, task_id, payload), committed
         )
+
+    def _on_progress(self, name: str, message: TaskProgress) -> None:
+        """In memory (see `progress.py`): no database write."""
+        entry = self._progress.report(
+            name, message.task_id, message.stage, message.fraction, _now()
+        )
+        if entry is not None:
+            self._notifier.notify_progress(entry.study_id)
+        elif self._progress.known(message.task_id):
+            log.warning(
+                "ignored TaskProgress from node %s for task %r: not its task",
+                name,
+                message.task_id,
+            )
+        else:
+            # Sent before this process started (or unknown): ask the database whose it is.
+            self._spawn(self._check_progress(name, message), f"progress-{message.task_id}")
+
+    async def _check_progress(self, name: str, message: TaskProgress) -> None:
+        holder = await self._db.read(lambda s: self.store.task_holder(s, message.task_id))
+        if holder is None or holder[0] != name:
+            log.warning(
+                "ignored TaskProgress from node %s for task %r: not its task",
+                name,
+                message.task_id,
+            )
+            return
+        if not holder[2]:
+            return  # the task ended meanwhile: progress no longer matters
+        if not self._progress.known(message.task_id):
+            self._progress.assigned(message.task_id, name, holder[1])
+        entry = self._progress.report(
+            name, message.task_id, message.stage, message.fraction, _now()
+        )
+        if entry is not None:
+            self._notifier.notify_progress(entry.study_id)
+
+    def _persist_running(self, name: str, task_id: str) -> None:
+        """Before a task's next change is queued: write its RUNNING state (and audit event) if
+        only memory holds it, in the same group of writes."""
+        entry = self._progress.entry(task_id)
+        if entry is None or entry.node != name or entry.persisted or entry.updated_at is None:
+            return
+        report: Report = (name, task_id, entry.stage, entry.fraction, entry.updated_at)
+        entry.dirty = False
+        entry.persisted = True
+        self._db.enqueue(lambda s: self.store.flush_progress(s, _now(), [report]), self._apply)
+
+    async def _flush_progress(self) -> None:
+        entries = self._progress.dirty()
+        if not entries:
+            return
+        reports: list[Report] = []
+        for entry in entries:
+            assert entry.updated_at is not None  # dirty: reported
+            reports.append(
+                (entry.node, entry.task_id, entry.stage, entry.fraction, entry.updated_at)
+            )
+            entry.dirty = False
+            entry.persisted = True
+        try:
+            await self._db.write(lambda s: self.store.flush_progress(s, _now(), reports))
+        except BaseException:
+            for entry in entries:
+                entry.dirty = True
+            raise
 
     def close_revoked_certificates(self) -> None:
         """A new CRL is in force: end the streams of nodes whose certificate it revokes."""
@@ -421,6 +530,10 @@ class Dispatcher:
                 await self._flush_last_seen()
             except Exception:
                 log.exception("writing last-seen times failed (retried at the next round)")
+            try:
+                await self._flush_progress()
+            except Exception:
+                log.exception("writing task progress failed (retried at the next round)")
 
     async def _flush_last_seen(self) -> None:
         pending = self._last_seen_pending
@@ -459,16 +572,18 @@ class Dispatcher:
         return study
 
     async def get(self, submitter: str | None, study_id: str) -> Study:
-        return await self._db.read(
+        study = await self._db.read(
             lambda s: self.store.get_study(s, submitter, study_id, with_parameters=True)
         )
+        return self._progress.overlay(study)
 
     async def list_studies(
         self, submitter: str | None, page_size: int, after: int | None
     ) -> StudyPage:
-        return await self._db.read(
+        page = await self._db.read(
             lambda s: self.store.list_studies(s, submitter, page_size, after)
         )
+        return replace(page, studies=[self._progress.overlay(study) for study in page.studies])
 
     async def cancel(self, submitter: str, study_id: str, reason: str) -> Study:
         connected = self.streams.names()
@@ -478,13 +593,15 @@ class Dispatcher:
             ),
             lambda result: self._apply(result[1]),
         )
-        return study
+        return self._progress.overlay(study)
 
     async def watch(self, submitter: str | None, study_id: str) -> AsyncIterator[Study]:
         """The study now, then after each change until it is final."""
         event = self._notifier.event(study_id)
-        study = await self._db.read(
-            lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+        study = self._progress.overlay(
+            await self._db.read(
+                lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+            )
         )
         yield study
         while not study.state.is_final:
@@ -492,8 +609,10 @@ class Dispatcher:
             if self._closing:
                 raise WorkerClosedError(SHUTDOWN_DETAILS)
             event = self._notifier.event(study_id)
-            latest = await self._db.read(
-                lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+            latest = self._progress.overlay(
+                await self._db.read(
+                    lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+                )
             )
             if latest != study:
                 study = latest

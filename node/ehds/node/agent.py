@@ -15,7 +15,8 @@ ended while no stream was up.
 
 Nothing here waits on a task: tasks run on the runner's threads, which report through
 `TaskEvents`; those calls hop onto the event loop and become messages on the current stream
-(progress is dropped while disconnected; ends are stored, so they are sent later).
+(progress is dropped while disconnected; ends are stored, so they are sent later). A result just
+computed is split on the worker's thread and sent as is, without reading it back from the outbox.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ehds.federation.model import (
     CoordinatorMessage,
     Heartbeat,
     Hello,
+    PayloadChunk,
     ProtocolVersion,
     ResultChunk,
     ResultReceipt,
@@ -457,9 +459,14 @@ class NodeAgent:
         if self._link is not None:
             self._link.send(progress)
 
-    def _on_result_ready(self, task_id: str) -> None:
-        if self._link is not None:
-            self._spawn(self._send_result(self._link, task_id))
+    def _on_result_ready(self, task_id: str, chunks: list[PayloadChunk]) -> None:
+        """A result just stored, split on the worker's thread: sent without reading it back."""
+        link = self._link
+        if link is None:
+            return  # sent after the next Welcome, from the outbox
+        for chunk in chunks:
+            link.send(ResultChunk(task_id, chunk))
+        log.info("task %s: result sent in %d chunk(s)", task_id, len(chunks))
 
     def _on_outcome(self, task_outcome: TaskOutcome) -> None:
         if self._link is not None:
@@ -498,8 +505,11 @@ class _LoopEvents:
         fraction = min(1.0, max(0.0, float(fraction)))
         self._agent._from_thread(self._agent._on_progress, TaskProgress(task_id, fraction, stage))
 
-    def result_ready(self, task_id: str) -> None:
-        self._agent._from_thread(self._agent._on_result_ready, task_id)
+    def result_ready(self, task_id: str, payload: bytes, content_type: str) -> None:
+        if self._agent._link is None:
+            return  # sent from the outbox after the next Welcome
+        chunks = split_payload(payload, content_type)
+        self._agent._from_thread(self._agent._on_result_ready, task_id, chunks)
 
     def ended(self, task_outcome: TaskOutcome) -> None:
         self._agent._from_thread(self._agent._on_outcome, task_outcome)

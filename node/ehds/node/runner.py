@@ -10,14 +10,22 @@ interpreter exits, so one analysis that ignores its cancel flag would keep a sto
 alive forever. Here shutdown waits a bounded time, then leaves such a thread to die with the
 process (its task runs again at the next start).
 
-The runner reports through `TaskEvents`, called from worker and timer threads; the agent turns
-those calls into messages on the stream when it has one. Every end of a task is written to the
-state database first, so that nothing is lost while the node is disconnected.
+The runner reports through `TaskEvents`, called from worker threads and its scheduler thread;
+the agent turns those calls into messages on the stream when it has one. Every end of a task is
+written to the state database first, so that nothing is lost while the node is disconnected.
+
+Progress is for tasks a researcher waits on: a task that ends within `PROGRESS_AFTER_S` sends
+none (each message costs the coordinator a write and a snapshot to every watcher). After that,
+the latest stage reported is sent, at most one message per `PROGRESS_EVERY_S`.
+
+Deadlines and delayed progress run on one scheduler thread, not a timer thread per task.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -42,7 +50,7 @@ from ehds.analyses.registry import (
 )
 from ehds.federation.limits import MAX_PARAMETERS_BYTES
 from ehds.federation.model import ErrorCode, TaskOutcome, TaskStage
-from ehds.node.cdm_access import QueryGuard, TaskCdm, is_cdm_unavailable
+from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavailable
 from ehds.node.errors import OUTCOME_MESSAGES, outcome
 from ehds.node.metrics import NodeMetrics
 from ehds.node.policy import Policy
@@ -58,8 +66,81 @@ MAX_ATTEMPTS: Final = 3
 task is given up as INTERNAL: a task that kills its node must not keep it in a restart loop."""
 
 
+PROGRESS_AFTER_S: Final = 1.0
+"""A task sends no progress before it has run this long (none at all if it ends sooner)."""
+
+PROGRESS_EVERY_S: Final = 1.0
+"""At most one progress message per task in this many seconds."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Call:
+    __slots__ = ("args", "callback", "cancelled")
+
+    def __init__(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Scheduler:
+    """Calls at monotonic times, on one daemon thread (started on first use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int, _Call]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def at(self, when: float, callback: Callable[..., None], *args: Any) -> _Call:
+        call = _Call(callback, args)
+        with self._lock:
+            if self._stopped:
+                call.cancel()
+                return call
+            heapq.heappush(self._heap, (when, next(self._seq), call))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="ehds-node-scheduler", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is call:
+                self._lock.notify()
+        return call
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._heap.clear()
+            self._lock.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if self._stopped:
+                        return
+                    while self._heap and self._heap[0][2].cancelled:
+                        heapq.heappop(self._heap)
+                    if self._heap:
+                        delay = self._heap[0][0] - time.monotonic()
+                        if delay <= 0:
+                            call = heapq.heappop(self._heap)[2]
+                            break
+                        self._lock.wait(delay)
+                    else:
+                        self._lock.wait()
+            try:
+                call.callback(*call.args)
+            except Exception:
+                log.exception("scheduled call failed")
 
 
 class TaskEvents(Protocol):
@@ -67,8 +148,8 @@ class TaskEvents(Protocol):
 
     def progress(self, task_id: str, stage: TaskStage, fraction: float) -> None: ...
 
-    def result_ready(self, task_id: str) -> None:
-        """The result is in the outbox (state database)."""
+    def result_ready(self, task_id: str, payload: bytes, content_type: str) -> None:
+        """The result is in the outbox (state database); ``payload`` is that result."""
 
     def ended(self, task_outcome: TaskOutcome) -> None:
         """The task ended without a result; the outcome is already stored."""
@@ -92,7 +173,11 @@ class _Handle:
     started: bool = False
     done: bool = False
     started_at: float = field(default_factory=time.monotonic)
-    timer: threading.Timer | None = None
+    timer: _Call | None = None
+    # Progress: the latest report not sent yet, when the last one was sent, a flush scheduled.
+    pending: tuple[TaskStage, float] | None = None
+    progress_sent_at: float | None = None
+    flush: _Call | None = None
 
     def stop(self, reason: ErrorCode | None) -> bool:
         """Set the cancel flag (first reason wins); True if the task had not started yet."""
@@ -135,6 +220,8 @@ class TaskRunner:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._scheduler = _Scheduler()
+        self._shared_cdm = SharedCdm(cdm)
 
     def start(self) -> None:
         for number in range(self._worker_count):
@@ -157,11 +244,9 @@ class TaskRunner:
             handle = _Handle(task)
             self._handles[task.task_id] = handle
         remaining = (task.deadline - self._clock()).total_seconds()
-        timer = threading.Timer(max(0.0, remaining), self._expire, (handle,))
-        timer.name = f"ehds-node-deadline-{task.task_id}"
-        timer.daemon = True
-        handle.timer = timer
-        timer.start()
+        handle.timer = self._scheduler.at(
+            time.monotonic() + max(0.0, remaining), self._expire, handle
+        )
         self._queue.put(handle)
         return True
 
@@ -186,10 +271,9 @@ class TaskRunner:
         with self._lock:
             self._stopping = True
             handles = list(self._handles.values())
+        self._scheduler.stop()
         for handle in handles:
             handle.stop(None)
-            if handle.timer is not None:
-                handle.timer.cancel()
         for _ in self._threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
@@ -203,6 +287,8 @@ class TaskRunner:
                 len(stuck),
                 timeout,
             )
+        else:
+            self._shared_cdm.close()
         return not stuck
 
     # ----------------------------------------------------------------------- worker side
@@ -235,14 +321,14 @@ class TaskRunner:
             self._finish(handle, ErrorCode.INTERNAL)
             return
         log.info("task %s: running %s (attempt %d)", task.task_id, task.analysis, attempt)
-        self._events.progress(task.task_id, TaskStage.VALIDATING, 0.0)
+        self._progress(handle, TaskStage.VALIDATING, 0.0)
         try:
             analysis, params, min_cell_count = self._validate(task, policy)
             context = ComputeContext(
-                cdm=TaskCdm.of(self._cdm, handle.guard),
+                cdm=TaskCdm.of(self._cdm, handle.guard, self._shared_cdm),
                 min_cell_count=min_cell_count,
                 cancelled=handle.cancelled,
-                report=lambda stage, fraction: self._events.progress(task.task_id, stage, fraction),
+                report=lambda stage, fraction: self._progress(handle, stage, fraction),
             )
             released = analysis.compute(params, context)
             with handle.lock:
@@ -255,6 +341,35 @@ class TaskRunner:
             self._failed(handle, exc)
         else:
             self._finish(handle, None, payload)
+
+    def _progress(self, handle: _Handle, stage: TaskStage, fraction: float) -> None:
+        """Send ``stage`` now if the task has run long enough and the last message is old
+        enough; otherwise keep it (the latest wins) for a flush at the time it may go."""
+        now = time.monotonic()
+        with handle.lock:
+            if handle.done:
+                return
+            sent = handle.progress_sent_at
+            allowed = handle.started_at + PROGRESS_AFTER_S
+            if sent is not None:
+                allowed = max(allowed, sent + PROGRESS_EVERY_S)
+            if now < allowed:
+                handle.pending = (stage, fraction)
+                if handle.flush is None:
+                    handle.flush = self._scheduler.at(allowed, self._flush_progress, handle)
+                return
+            handle.pending = None
+            handle.progress_sent_at = now
+        self._events.progress(handle.task.task_id, stage, fraction)
+
+    def _flush_progress(self, handle: _Handle) -> None:
+        with handle.lock:
+            handle.flush = None
+            pending, handle.pending = handle.pending, None
+            if handle.done or pending is None:
+                return
+            handle.progress_sent_at = time.monotonic()
+        self._events.progress(handle.task.task_id, *pending)
 
     def _validate(
         self, task: StoredTask, policy: Policy
@@ -319,6 +434,12 @@ class TaskRunner:
                 return
             handle.done = True
             started = handle.started_at
+            # An orderly end of a task that ran long enough says "uploading" before the result.
+            uploading = handle.progress_sent_at is not None or (
+                time.monotonic() - started >= PROGRESS_AFTER_S
+            )
+            if handle.flush is not None:
+                handle.flush.cancel()
         if handle.timer is not None:
             handle.timer.cancel()
         try:
@@ -343,7 +464,8 @@ class TaskRunner:
                 self._handles.pop(task.task_id, None)
         self._metrics.task_ended(task.analysis, code, time.monotonic() - started)
         if code is None:
-            self._events.progress(task.task_id, TaskStage.UPLOADING, 1.0)
-            self._events.result_ready(task.task_id)
+            if uploading:
+                self._events.progress(task.task_id, TaskStage.UPLOADING, 1.0)
+            self._events.result_ready(task.task_id, payload, RESULT_CONTENT_TYPE)
         else:
             self._events.ended(outcome(task.task_id, code))

@@ -10,6 +10,7 @@ warning the server prints.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import Any, Final, NoReturn, TypeVar
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 INSECURE_IDENTITY_HEADER: Final = "x-ehds-insecure-identity"
 
 T = TypeVar("T")
+
+IDENTITY_CACHE_SIZE: Final = 4096
+"""Peer certificates whose parsed identity `Access` keeps (a node or researcher calls with
+the same certificate every time; parsing one costs milliseconds)."""
 
 _CODES: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
     (InvalidStudyError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -78,10 +83,21 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
         await abort_for(context, exc)
 
 
+def _parse_identity(pem: bytes) -> Identity | None:
+    try:
+        return Identity.from_certificate(pem)
+    except CertificateError:
+        return None
+
+
 class Access:
     def __init__(self, revocation: RevocationChecker, *, insecure: bool) -> None:
         self._revocation = revocation
         self._insecure = insecure
+        # Per certificate (PEM bytes): the identity it names, or None. Bounded, and per Access
+        # object. Revocation is NOT cached here: `RevocationChecker.is_revoked` runs on every
+        # call (its own verdict cache is cleared whenever a new CRL comes into force).
+        self._identity_of = functools.lru_cache(maxsize=IDENTITY_CACHE_SIZE)(_parse_identity)
 
     async def require(
         self, context: grpc.aio.ServicerContext[Any, Any], role: Role, service: str
@@ -97,12 +113,7 @@ class Access:
                 )
         else:
             pem = peer_certificate_pem(context)
-            identity = None
-            if pem is not None:
-                try:
-                    identity = Identity.from_certificate(pem)
-                except CertificateError:
-                    identity = None
+            identity = self._identity_of(pem) if pem is not None else None
             if pem is None or identity is None:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 RESULT_CONTENT_TYPES = frozenset({CONTENT_TYPE, ""})
 
+Report = tuple[str, str, TaskStage, float, datetime]
+"""A progress report kept in memory: (node, task id, stage, fraction, reported at)."""
+
 S = TypeVar("S", bound=Transitions)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -268,7 +271,11 @@ class NodeChanges(Transitions):
         *,
         stage: TaskStage,
         fraction: float,
+        reported_at: datetime | None = None,
     ) -> Effects:
+        """Write a task's progress (RUNNING, stage, fraction). The dispatcher keeps progress in
+        memory and writes it lazily (`flush_progress`); ``reported_at``: when the node reported
+        it (default ``now``)."""
         effects = Effects()
         task = self._owned_task(session, node, task_id, "TaskProgress")
         if task is None or task.ended_at is not None:
@@ -290,9 +297,35 @@ class NodeChanges(Transitions):
             self._advance(study, StudyState.RUNNING, now, effects)
         task.stage = stage.name
         task.fraction = min(1.0, max(0.0, fraction)) if math.isfinite(fraction) else 0.0
-        task.updated_at = now
+        updated = reported_at or now
+        if task.updated_at is None or updated > task.updated_at:
+            task.updated_at = updated
         self._touch(study, now, effects)
         return effects
+
+    def flush_progress(self, session: Session, now: datetime, reports: list[Report]) -> Effects:
+        """Write progress kept in memory: (node, task id, stage, fraction, reported at)."""
+        effects = Effects()
+        for node, task_id, stage, fraction, reported_at in reports:
+            effects.merge(
+                self.task_progress(
+                    session,
+                    now,
+                    node,
+                    task_id,
+                    stage=stage,
+                    fraction=fraction,
+                    reported_at=reported_at,
+                )
+            )
+        return effects
+
+    def task_holder(self, session: Session, task_id: str) -> tuple[str, str, bool] | None:
+        """(node, study id, still open) of a task, None if it is unknown."""
+        task = session.get(TaskRow, task_id)
+        if task is None:
+            return None
+        return task.node_name, task.study_id, task.ended_at is None
 
     @_without_autoflush
     def task_outcome(

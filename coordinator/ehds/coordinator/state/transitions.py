@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from ehds.analyses.base import canonical_json
 from ehds.analyses.registry import Registry
@@ -334,8 +335,27 @@ class Transitions:
         self._advance(study, StudyState.DISPATCHED, now, effects)
         self._touch(study, now, effects)
 
-    def _owned_task(self, session: Session, node: str, task_id: str, what: str) -> TaskRow | None:
+    def _task(self, session: Session, task_id: str) -> TaskRow | None:
+        """`session.get`, except that the second task of one study looked up in a transaction
+        loads every task of that study in one query: a group of writes about one study (a
+        thousand acknowledgements or results) then costs one query, not one per write, while a
+        transaction of one write still loads one row."""
+        task = session.identity_map.get(identity_key(TaskRow, task_id))
+        if task is not None:
+            return task
         task = session.get(TaskRow, task_id)
+        if task is None:
+            return None
+        misses: dict[str, int] = session.info.setdefault("task_misses", {})
+        count = misses[task.study_id] = misses.get(task.study_id, 0) + 1
+        if count == 2:
+            # Held here: the identity map keeps unchanged rows only weakly.
+            held: list[TaskRow] = session.info.setdefault("task_rows", [])
+            held.extend(session.scalars(select(TaskRow).where(TaskRow.study_id == task.study_id)))
+        return task
+
+    def _owned_task(self, session: Session, node: str, task_id: str, what: str) -> TaskRow | None:
+        task = self._task(session, task_id)
         if task is None or task.node_name != node:
             # Not the node's to talk about (or unknown here): ignored, never an error to the
             # node, which could otherwise probe for other nodes' task ids.
