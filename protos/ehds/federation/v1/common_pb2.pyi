@@ -239,7 +239,7 @@ class NodeProfile(_message.Message):
     cdm_version: _builtins.str
     """OMOP CDM version of the node's database, e.g. "5.4"."""
     vocabulary_version: _builtins.str
-    """OMOP vocabulary version (vocabulary table, id "None"), e.g. "v5.0 30-AUG-24": results from
+    """OMOP vocabulary version (cdm_source.vocabulary_version), e.g. "v5.0 30-AUG-24": results from
     different vocabulary releases may differ, so researchers see it per node.
     """
     engine: _builtins.str
