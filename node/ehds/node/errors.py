@@ -8,6 +8,7 @@ in the node's own log.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
@@ -46,3 +47,24 @@ class NodeStartError(StateError):
 
 class NodeStateError(StateError):
     """The node's own state database is unusable (corrupt, or held by another node process)."""
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of what caused it, with every exception message withheld.
+
+    Why: the node's own log is read by operators and shipped to log platforms; a database
+    error's message can quote a CDM value or a statement's bound parameters, so the log keeps
+    where it failed (frames, exception types) and never what the message said.
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = type(current)
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(
+            f"{frames}{kind.__module__}.{kind.__qualname__}: <message withheld: may quote data>"
+        )
+        current = current.__cause__ or current.__context__
+    return "\n(caused by)\n".join(parts)

@@ -51,7 +51,7 @@ from ehds.analyses.registry import (
 from ehds.federation.limits import MAX_PARAMETERS_BYTES
 from ehds.federation.model import ErrorCode, TaskOutcome, TaskStage
 from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavailable
-from ehds.node.errors import OUTCOME_MESSAGES, outcome
+from ehds.node.errors import OUTCOME_MESSAGES, outcome, redacted_traceback
 from ehds.node.metrics import NodeMetrics
 from ehds.node.policy import Policy
 from ehds.node.state import NodeState, StoredTask
@@ -415,15 +415,14 @@ class TaskRunner:
             self._finish(handle, ErrorCode.CANCELLED)
         elif is_cdm_unavailable(exc):
             log.warning(
-                "task %s: the CDM is unavailable (%s)",
-                task.task_id,
-                type(exc).__name__,
-                exc_info=True,
+                "task %s: the CDM is unavailable\n%s", task.task_id, redacted_traceback(exc)
             )
             self._finish(handle, ErrorCode.CDM_UNAVAILABLE)
         else:
             # The traceback stays in this node's log; only the code and its fixed text leave.
-            log.exception("task %s: %s failed", task.task_id, task.analysis)
+            log.error(
+                "task %s: %s failed\n%s", task.task_id, task.analysis, redacted_traceback(exc)
+            )
             self._finish(handle, ErrorCode.INTERNAL)
 
     def _finish(self, handle: _Handle, code: ErrorCode | None, payload: bytes = b"") -> None:
