@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -67,16 +68,7 @@ def _check(args: argparse.Namespace) -> int:
             "version": result.policy.version,
             "min_cell_count": result.policy.min_cell_count,
         },
-        "hello_profile": {
-            "software": {"name": profile.software.name, "version": profile.software.version},
-            "cdm_version": profile.cdm_version,
-            "vocabulary_version": profile.vocabulary_version,
-            "engine": profile.engine,
-            "capabilities": [
-                {"name": ref.name, "version": ref.version} for ref in profile.capabilities
-            ],
-            "policy_version": profile.policy_version,
-        },
+        "hello_profile": dataclasses.asdict(profile),
     }
     print(json.dumps(document, indent=2))
     status = 0

@@ -33,6 +33,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.orm import Session, sessionmaker
 
+from ehds.core.sqlite import apply_state_pragmas
 from ehds.federation.model import AnalysisRef, ErrorCode, TaskAssignment
 from ehds.node.errors import NodeStateError
 from ehds.node.state_schema import ResultRow, TaskRow, TaskStatus
@@ -97,13 +98,7 @@ def alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     del connection_record
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
+    apply_state_pragmas(dbapi_connection)
 
 
 class _FileLock:

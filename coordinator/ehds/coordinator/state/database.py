@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ehds.coordinator.errors import MigrationError, StateUrlError
+from ehds.core.sqlite import apply_state_pragmas
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -79,13 +80,7 @@ def normalise_url(url: str) -> URL:
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     # Let SQLAlchemy's "begin" event start transactions, not the sqlite3 module.
     dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
+    apply_state_pragmas(dbapi_connection)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:

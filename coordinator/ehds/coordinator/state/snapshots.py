@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -44,18 +45,7 @@ def analysis_label(study: StudyRow) -> str:
 
 
 def profile_json(profile: NodeProfile) -> str:
-    return canonical_json(
-        {
-            "software": {"name": profile.software.name, "version": profile.software.version},
-            "cdm_version": profile.cdm_version,
-            "vocabulary_version": profile.vocabulary_version,
-            "engine": profile.engine,
-            "capabilities": [
-                {"name": ref.name, "version": ref.version} for ref in profile.capabilities
-            ],
-            "policy_version": profile.policy_version,
-        }
-    ).decode()
+    return canonical_json(dataclasses.asdict(profile)).decode()
 
 
 def profile_from_json(text: str) -> NodeProfile:
