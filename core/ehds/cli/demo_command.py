@@ -103,7 +103,9 @@ def _demo(args: argparse.Namespace) -> int:
         for name in federation.nodes:
             node = federation.start_node(name)
             _say(f"      node {name} pid {node.pid} dialling out to the coordinator")
-        connected = wait_for_nodes(federation.operator_config, list(federation.nodes), 60.0)
+        connected = wait_for_nodes(
+            federation.operator_config, list(federation.nodes), CONNECT_TIMEOUT_S
+        )
         _say(f"[3/5] connected (identity from each node's certificate): {', '.join(connected)}")
 
         study_path = root / "study.yaml"
