@@ -20,12 +20,17 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ehds.core.errors import InputError
 from ehds.federation.model import AnalysisRef, TaskStage
+
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
+
+    from ehds.analyses.engine import IbisCdm
 
 JsonObject = dict[str, Any]
 """A JSON object as `json.loads` returns it: what a node releases and the coordinator pools."""
@@ -49,18 +54,60 @@ class TaskCancelledError(Exception):
     deadline; the node turns it into the matching error code."""
 
 
+class DisclosureRefusedError(Exception):
+    """The node refuses to release: ``rule`` names the disclosure rule, ``message`` says what it
+    requires (rule and threshold) and never the value that triggered it ("differs by 2 persons"
+    would itself disclose). Both may leave the node."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+class ReleaseGuard(Protocol):
+    """The node's memory of what it released (the differencing guard).
+
+    An analysis calls :meth:`check_population` with the persons its result describes, before it
+    releases anything; the node refuses (`DisclosureRefusedError`) a population that differs
+    from one already released under the same permit and researcher by 1 to threshold-1 persons.
+    """
+
+    def check_population(self, engine: IbisCdm, persons: ir.Table, *, fingerprint: str) -> None:
+        """``persons``: one column ``person_id``, distinct. ``fingerprint``: what defines the
+        population (canonical JSON of the cohort and parameters), so an identical re-run is
+        recognised."""
+
+
 @dataclass
 class ComputeContext:
     """What the node hands to :meth:`Analysis.compute`.
 
     ``cdm`` is the node's `ehds.omop.database.CdmDatabase` (typed loosely here so that the
-    coordinator can import analyses without importing the OMOP layer's engines).
+    coordinator can import analyses without importing the OMOP layer's engines); ``engine`` is
+    the same CDM as Ibis tables (`ehds.analyses.engine.IbisCdm`), through which every analysis
+    written for all three engines reads. ``release_guard`` is ``None`` only in unit tests of an
+    analysis; the node always sets it.
     """
 
     cdm: Any
     min_cell_count: int
     cancelled: threading.Event = field(default_factory=threading.Event)
     report: Callable[[TaskStage, float], None] = field(default=lambda stage, fraction: None)
+    engine: IbisCdm | None = None
+    release_guard: ReleaseGuard | None = None
+
+    def require_engine(self) -> IbisCdm:
+        if self.engine is None:
+            raise RuntimeError("this analysis needs the node's Ibis engine (ComputeContext.engine)")
+        return self.engine
+
+    def check_population(self, persons: ir.Table, *, fingerprint: str) -> None:
+        """Ask the node's release guard whether this population may be described at all."""
+        if self.release_guard is not None:
+            self.release_guard.check_population(
+                self.require_engine(), persons, fingerprint=fingerprint
+            )
 
     def check_cancelled(self) -> None:
         """Call between steps of a long computation: raises once the task is cancelled."""

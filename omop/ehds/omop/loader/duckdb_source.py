@@ -38,10 +38,6 @@ def attach(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
     conn.execute(f"ATTACH {quote_literal(str(path))} AS {SOURCE_CATALOG} (READ_ONLY)")
 
 
-def detach(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(f"DETACH {SOURCE_CATALOG}")
-
-
 @dataclass
 class DuckDbDiscovery:
     tables: dict[str, DuckDbTable] = field(default_factory=dict)

@@ -49,7 +49,8 @@ def fill_tables(
             source.attach(writer.workbench)
             for serial, plan in enumerate(plans):
                 loads[plan.table] = _fill(writer, plan, source, serial, renumber_duplicate_keys)
-            source.detach(writer.workbench)
+            # No DETACH: DuckDB refuses it inside the open transaction, and the attachment ends
+            # with the workbench connection, which the writer closes after the commit.
             committing = True
     except _ENGINE_ERRORS as exc:
         if not committing:

@@ -66,10 +66,6 @@ class CdmSource:
         if self.duckdb_file is not None:
             duckdb_source.attach(conn, self.duckdb_file)
 
-    def detach(self, conn: duckdb.DuckDBPyConnection) -> None:
-        if self.duckdb_file is not None:
-            duckdb_source.detach(conn)
-
 
 @dataclass(frozen=True)
 class _DataFile:
