@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ehds.cli import (
     admin_commands,
+    cohort_command,
     coordinator_commands,
     demo_command,
     node_commands,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_commands.register(areas)
     study_commands.register(areas)
     admin_commands.register(areas)
+    cohort_command.register(areas)
     demo_command.register(areas)
     return parser
 
