@@ -13,7 +13,10 @@
 #   EHDS_EXTRAS          extras to install, comma-separated (default: "test")
 #   EHDS_FORCE_INSTALL   "1": run pip install even when pyproject.toml has not changed
 #   EHDS_SKIP_POSTGRES   "1": do not install/start PostgreSQL (its tests skip); refused if CI=true
-#   CI                   "true": a missing PostgreSQL is a hard failure instead of a warning
+#   CI                   "true": a missing PostgreSQL or Java is a hard failure instead of a warning
+#
+# Java 17+ (for the Spark engine's tests, pyspark 4) is installed from Debian packages if
+# `java` is missing or older; without it those tests skip, except in CI.
 #
 # Exported to pytest:
 #   EHDS_TEST_POSTGRES_URL        postgresql+psycopg://ehds:...@127.0.0.1:PORT/ehds_test
@@ -318,6 +321,46 @@ stop_postgres() {
     PG_TMP=""
 }
 
+# --------------------------------------------------------------------------- java (spark)
+
+JAVA_MIN=17
+
+java_major() {
+    command -v java >/dev/null 2>&1 || return 1
+    local version
+    # `java -version` prints e.g.: openjdk version "17.0.15" 2025-04-15 (on stderr).
+    version="$(java -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')"
+    version="${version#1.}" # Java 8 reads "1.8.0_..."
+    printf '%s' "${version%%[.+-]*}"
+}
+
+java_ok() {
+    local major
+    major="$(java_major)" || return 1
+    [[ "$major" =~ ^[0-9]+$ ]] && ((major >= JAVA_MIN))
+}
+
+install_java() {
+    if java_ok; then
+        log "Java $(java_major) found: $(command -v java)"
+        return 0
+    fi
+    log "Java $JAVA_MIN+ not found (Spark needs it): installing it from Debian packages"
+    if apt_install openjdk-17-jre-headless || apt_install default-jre-headless; then
+        hash -r
+    fi
+    if java_ok; then
+        log "Java $(java_major) installed: $(command -v java)"
+        return 0
+    fi
+    if is_ci; then
+        die "could not install Java $JAVA_MIN+ (CI=true: the Spark engine's tests need it)"
+    fi
+    warn_loud "Could not install Java $JAVA_MIN+ (apt-get needs root or sudo)." \
+        "Continuing WITHOUT Java: the Spark engine's tests will be SKIPPED."
+    return 0
+}
+
 # --------------------------------------------------------------------------- cleanup
 
 on_exit() {
@@ -354,6 +397,7 @@ run_pytest() {
 stage "venv" setup_venv
 stage "pip install" install_project
 stage "postgres install" install_postgres
+stage "java install" install_java
 stage "ruff check" "$VENV/bin/ruff" check .
 stage "ruff format --check" "$VENV/bin/ruff" format --check .
 stage "mypy" "$VENV/bin/mypy"

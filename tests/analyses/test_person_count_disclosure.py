@@ -19,6 +19,7 @@ from ehds.analyses.base import (
     TaskCancelledError,
     canonical_json,
 )
+from ehds.analyses.engine import cdm_session
 from ehds.analyses.person_count import (
     InvalidNodeResultError,
     PersonCount,
@@ -71,9 +72,11 @@ def _truth(db: CdmDatabase) -> dict[tuple[str, str], int]:
 
 
 def _compute(db: CdmDatabase, min_cell_count: int, **params: Any) -> JsonObject:
-    return PersonCount().compute(
-        PersonCountParameters(**params), ComputeContext(cdm=db, min_cell_count=min_cell_count)
-    )
+    with cdm_session(db) as engine:
+        return PersonCount().compute(
+            PersonCountParameters(**params),
+            ComputeContext(cdm=None, min_cell_count=min_cell_count, engine=engine),
+        )
 
 
 def _suppressed(result: JsonObject) -> set[tuple[str, str]]:
@@ -158,8 +161,11 @@ def test_compute_stops_when_cancelled_and_reports_stages(cdm: CdmDatabase) -> No
     with pytest.raises(TaskCancelledError):
         PersonCount().compute(PersonCountParameters(), ComputeContext(cdm, 10, cancelled))
     stages: list[TaskStage] = []
-    ctx = ComputeContext(cdm, 10, report=lambda stage, fraction: stages.append(stage))
-    PersonCount().compute(PersonCountParameters(), ctx)
+    with cdm_session(cdm) as engine:
+        ctx = ComputeContext(
+            None, 10, report=lambda stage, fraction: stages.append(stage), engine=engine
+        )
+        PersonCount().compute(PersonCountParameters(), ctx)
     assert stages == [TaskStage.QUERYING, TaskStage.DISCLOSURE_CHECK]
 
 

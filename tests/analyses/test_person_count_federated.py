@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from ehds.analyses.base import ComputeContext, JsonObject
+from ehds.analyses.engine import cdm_session
 from ehds.analyses.person_count import PersonCount, PersonCountParameters
 from ehds.omop.database import CdmDatabase
 from ehds.omop.synth import SynthOptions, generate
@@ -41,11 +42,17 @@ def _federated(
     cdms: Mapping[str, CdmDatabase], params: PersonCountParameters, min_cell_count: int
 ) -> tuple[dict[str, JsonObject], JsonObject]:
     analysis = PersonCount()
-    released = {
-        node: analysis.compute(params, ComputeContext(cdm=cdm, min_cell_count=min_cell_count))
-        for node, cdm in cdms.items()
-    }
+    released = {node: _compute(analysis, params, cdm, min_cell_count) for node, cdm in cdms.items()}
     return released, analysis.aggregate(params, released)
+
+
+def _compute(
+    analysis: PersonCount, params: PersonCountParameters, cdm: CdmDatabase, min_cell_count: int
+) -> JsonObject:
+    with cdm_session(cdm) as engine:
+        return analysis.compute(
+            params, ComputeContext(cdm=None, min_cell_count=min_cell_count, engine=engine)
+        )
 
 
 def _case_bands(edges: Sequence[int], reference_year: int) -> str:
@@ -168,8 +175,8 @@ def test_postgresql_gives_the_same_cells_as_duckdb(
         PersonCountParameters(age_band_edges=[0, 1, 2, 3, 90, 100], reference_year=2025),
         PersonCountParameters(age_band_edges=[0], reference_year=2010),
     ):
-        on_pg = analysis.compute(params, ComputeContext(cdm=pg, min_cell_count=8))
-        on_duckdb = analysis.compute(params, ComputeContext(cdm=node_cdms["fi"], min_cell_count=8))
+        on_pg = _compute(analysis, params, pg, 8)
+        on_duckdb = _compute(analysis, params, node_cdms["fi"], 8)
         assert on_pg == on_duckdb
     # And against SQL written by hand for PostgreSQL.
     engine = sa.create_engine(fresh_postgres_url)
@@ -183,6 +190,6 @@ def test_postgresql_gives_the_same_cells_as_duckdb(
             ).all()
     finally:
         engine.dispose()
-    released = _cells(analysis.compute(PersonCountParameters(), ComputeContext(pg, 1)))
+    released = _cells(_compute(analysis, PersonCountParameters(), pg, 1))
     assert released[("FEMALE", "65+")]["count"] == sum(n for f, old, n in rows if f and old)
     assert released[("MALE", "65+")]["count"] == sum(n for f, old, n in rows if not f and old)

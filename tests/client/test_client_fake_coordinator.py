@@ -20,9 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import pyarrow.parquet as pq
 import pytest
 
 from ehds.analyses.base import canonical_json
+from ehds.analyses.results import (
+    SummarisedResult,
+    make_row,
+    pool_additive,
+    validate_node_result,
+)
 from ehds.analyses.testing import blob
 from ehds.cli.main import main as cli_main
 from ehds.coordinator.client import CoordinatorClient
@@ -588,3 +595,88 @@ def test_insecure_mode_names_the_caller_from_its_certificate(fake: Fake) -> None
         server.stop(grace=None).wait(10)
     assert (INSECURE_IDENTITY_HEADER, "researcher/alice") in seen[0]
     assert (INSECURE_IDENTITY_HEADER, "operator/ops") in seen[1]
+
+
+# --------------------------------------------------------------------------- result exports
+
+
+def _summarised_document(study_id: str) -> dict[str, object]:
+    """A summarised-result document: fr's MALE cell suppressed, aggregate lists pooled rows
+    only (the export adds each node's released rows)."""
+
+    def released(female: int, male: int | None) -> dict[str, object]:
+        rows = [
+            make_row("number subjects", "count", female, strata=("sex", "FEMALE")),
+            make_row(
+                "number subjects", "count", male, strata=("sex", "MALE"), suppressed=male is None
+            ),
+        ]
+        return SummarisedResult(min_cell_count=10, rows=rows).to_json()
+
+    nodes = {"dk": released(40, 25), "fr": released(30, None)}
+    parsed = {node: validate_node_result("counts", node, nodes[node]) for node in nodes}
+    pooled = SummarisedResult(
+        min_cell_count=10, rows=pool_additive(parsed), suppressed_cells={"dk": 0, "fr": 1}
+    ).to_json()
+    return {
+        "study_id": study_id,
+        "analysis": {"name": "counts", "version": "1.0.0"},
+        "min_cell_count": 10,
+        "pooled": pooled,
+        "contributors": ["dk", "fr"],
+        "nodes": [
+            {"node": node, "state": "DONE", "error_code": "", "reason": "",
+             "vocabulary_version": "v5.0", "result": nodes[node]}
+            for node in ("dk", "fr")
+        ],
+    }  # fmt: skip
+
+
+def test_client_results_table_and_export(fake: Fake, tmp_path: Path) -> None:
+    fake.script.documents["st-1"] = canonical_json(_summarised_document("st-1"))
+    fake.script.documents["st-2"] = canonical_json(_document("st-2"))
+    with CoordinatorClient(fake.config()) as client:
+        table = client.results_table("st-1")
+        assert table.column_names[0] == "result_id"
+        rows = table.to_pylist()
+        assert [(r["cdm_name"], r["strata_level"], r["estimate_value"]) for r in rows] == [
+            ("pooled", "FEMALE", 70.0),
+            ("pooled", "MALE", 25.0),
+            ("dk", "FEMALE", 40.0),
+            ("dk", "MALE", 25.0),
+            ("fr", "FEMALE", 30.0),
+            ("fr", "MALE", None),
+        ]
+        assert (rows[1]["complete"], rows[1]["suppressed_at"]) == (False, ["fr"])
+        assert {r["result_id"] for r in rows} == {"st-1"}
+        path = client.export_results("st-1", tmp_path / "st-1.parquet", "parquet")
+        assert pq.read_table(path).to_pylist() == rows
+        legacy = client.results_table("st-2")
+        assert legacy.column_names == ["result_id", "sex", "age_band", "persons", "flags"]
+        assert legacy.num_rows == 12
+
+
+def test_cli_results_exports_summarised_results(
+    fake: Fake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.script.documents["st-1"] = canonical_json(_summarised_document("st-1"))
+    base = ["study", "--config", str(fake.config_file(tmp_path)), "results", "st-1"]
+    assert cli_main([*base, "--format", "parquet"]) == 2
+    assert "give -o FILE.parquet" in capsys.readouterr().err
+    target = tmp_path / "out.parquet"
+    assert cli_main([*base, "--format", "parquet", "-o", str(target)]) == 0
+    assert f"written to {target} (parquet)" in capsys.readouterr().out
+    assert pq.read_table(target).num_rows == 6
+    assert cli_main([*base, "--format", "csv", "-o", str(tmp_path / "out.csv")]) == 0
+    capsys.readouterr()
+    lines = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("result_id,cdm_name,group_name")
+    assert lines[2] == (
+        "st-1,pooled,overall,overall,sex,MALE,number subjects,,count,integer,25,FALSE,FALSE,fr"
+    )
+    assert cli_main([*base, "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6
+    assert cli_main([*base]) == 0
+    out = capsys.readouterr().out
+    assert "pooled over: dk, fr" in out
+    assert out.rstrip().endswith("1 cell suppressed at fr")

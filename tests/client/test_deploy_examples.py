@@ -76,7 +76,7 @@ def test_coordinator_example_loads() -> None:
 def test_node_example_loads_and_its_policy_too() -> None:
     config = load_node_config(EXAMPLES / "node.yaml")
     assert config.policy == EXAMPLES / "policy.yaml"
-    assert config.cdm.url == str(EXAMPLES / "cdm.duckdb")
+    assert config.cdm.url == str(EXAMPLES / "omop.duckdb")
     assert config.coordinator.address == "coordinator.example.org:50051"
     policy = load_policy(config.policy)
     assert policy.capabilities() == (AnalysisRef("person_count", "1.0.0"),)

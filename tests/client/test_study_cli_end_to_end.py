@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from ehds.analyses.person_count import PersonCount, PersonCountParameters
@@ -36,8 +37,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         persons=400,
         seed=5,
         node_policies={
-            "node-fr": [("person_count", "1.0.0"), ("test.sleep", "1.0.0")],
-            "node-fi": [("person_count", "1.0.0")],
+            "node-fr": [("person_count", "1.0.0"), ("test.sleep", "1.0.0"), ("counts", "1.0.0")],
+            "node-fi": [("person_count", "1.0.0"), ("counts", "1.0.0")],
         },
     )
     with running(local):
@@ -91,6 +92,58 @@ def test_submit_wait_then_results_in_every_format(
 
     assert cli_main(["study", "--config", config, "list"]) == 0
     assert study_id in capsys.readouterr().out
+
+
+def test_summarised_results_export_node_and_pooled_rows(
+    federation: LocalFederation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`counts` produces summarised results: the CLI and the client export its long table,
+    every node's rows and the pool's, and each complete pooled count is the nodes' sum."""
+    config = str(federation.researcher_config)
+    study = _study_file(
+        tmp_path,
+        "counts.yaml",
+        "title: Persons by sex\n"
+        "analysis: {name: counts, version: 1.0.0}\n"
+        "parameters: {strata: [sex]}\n"
+        "min_nodes: 2\n"
+        "deadline_seconds: 120\n",
+    )
+    assert cli_main(["study", "--config", config, "submit", str(study), "--wait"]) == 0
+    out = capsys.readouterr().out
+    study_id = out.splitlines()[0].split()[1]
+    assert "pooled over: node-fi, node-fr" in out
+    assert "cdm_name" in out
+
+    target = tmp_path / "counts.parquet"
+    args = ["study", "--config", config, "results", study_id]
+    assert cli_main([*args, "--format", "parquet", "-o", str(target)]) == 0
+    capsys.readouterr()
+    table = pq.read_table(target)
+    assert set(table.column("result_id").to_pylist()) == {study_id}
+    records = table.to_pylist()
+    assert {r["cdm_name"] for r in records} == {"node-fi", "node-fr", "pooled"}
+    by_place: dict[tuple[str, ...], dict[str, float | None]] = {}
+    for r in records:
+        key = (r["strata_name"], r["strata_level"], r["variable_name"], r["estimate_name"])
+        by_place.setdefault(key, {})[r["cdm_name"]] = r["estimate_value"]
+    counts = [
+        (key, values)
+        for key, values in by_place.items()
+        if key[3] == "count" and set(values) == {"node-fi", "node-fr", "pooled"}
+    ]
+    assert counts
+    for _key, values in counts:
+        fi, fr = values["node-fi"], values["node-fr"]
+        if fi is not None and fr is not None:
+            assert values["pooled"] == fi + fr
+
+    assert cli_main([*args, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("result_id,cdm_name,")
+    assert len(lines) == 1 + len(records)
+    with CoordinatorClient(load_client_config(federation.researcher_config)) as client:
+        assert client.results_table(study_id).to_pylist() == records
 
 
 def test_cancel_reaches_a_running_task(

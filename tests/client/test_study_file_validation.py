@@ -68,7 +68,8 @@ def test_a_good_file_becomes_the_spec(tmp_path: Path) -> None:
         # unknown analysis, unknown version
         (
             GOOD.replace("name: person_count", "name: person_cuont"),
-            "line 3: analysis.name: unknown analysis 'person_cuont' (known: person_count,",
+            "line 3: analysis.name: unknown analysis 'person_cuont' (known: characterization, "
+            "counts,",
         ),
         (
             GOOD.replace("version: 1.0.0", "version: 9.9.9"),

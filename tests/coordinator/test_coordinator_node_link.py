@@ -147,6 +147,28 @@ def test_coordinator_dispatches_only_to_nodes_that_offer_the_analysis(tmp_path: 
     run(tmp_path, body)
 
 
+def test_coordinator_names_the_requester_to_nodes_that_speak_1_2_only(tmp_path: Path) -> None:
+    """Protocol 1.2: `requested_by` carries the submitting researcher, for the node's
+    differencing guard; a 1.1 node does not get it (it would not use it)."""
+
+    async def body(server: CoordinatorServer, pki: Pki) -> None:
+        current = FakeNode(server.address, pki.tls("node-a"), "node-a")
+        older = FakeNode(server.address, pki.tls("node-b"), "node-b")
+        alice = Caller(server.address, pki.tls("alice"))
+        try:
+            await current.open(minor=2)
+            await older.open(minor=1)
+            await alice.submit(spec(min_nodes=2))
+            assert (await current.expect("task_assignment")).task_assignment.requested_by == "alice"
+            assert (await older.expect("task_assignment")).task_assignment.requested_by == ""
+        finally:
+            for fake in (current, older):
+                await fake.close()
+            await alice.close()
+
+    run(tmp_path, body)
+
+
 def test_coordinator_sends_unacknowledged_tasks_again_after_a_reconnect(tmp_path: Path) -> None:
     async def body(server: CoordinatorServer, pki: Pki) -> None:
         alice = Caller(server.address, pki.tls("alice"))

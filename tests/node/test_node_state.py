@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -29,6 +30,7 @@ def _assignment(task_id: str) -> TaskAssignment:
         deadline=DEADLINE,
         min_cell_count=10,
         data_permit_id="permit-7",
+        requested_by="alice",
     )
 
 
@@ -66,12 +68,15 @@ def test_tasks_and_results_survive_a_reopen(tmp_path: Path) -> None:
         assert stored.status is TaskStatus.DONE
         assert stored.deadline == DEADLINE
         assert stored.permit == "permit-7"
+        assert stored.requested_by == "alice"
         assert stored.attempts == 1
         result = state.result("t-1")
         assert result is not None
         assert result.payload == b'{"cells":[]}'
         assert state.unreceipted_results() == ["t-1"]
-        assert [t.task_id for t in state.unreported_outcomes()] == ["t-2"]
+        assert [(t.task_id, t.message) for t in state.unreported_outcomes()] == [
+            ("t-2", "analysis not allowed")
+        ]
         assert state.in_flight_task_ids() == ("t-1", "t-2")
         state.mark_outcome_reported("t-2")
         assert state.in_flight_task_ids() == ("t-1",)
@@ -80,6 +85,32 @@ def test_tasks_and_results_survive_a_reopen(tmp_path: Path) -> None:
         assert state.receipt("t-1", hashlib.sha256(payload).digest())
         assert state.result("t-1") is None
         assert state.in_flight_task_ids() == ()
+
+
+def test_a_state_from_before_requested_by_is_migrated(tmp_path: Path) -> None:
+    """A node upgraded in place keeps its queued tasks; they came from a 1.1 coordinator, which
+    named no researcher, so they get "" (the differencing guard keys on the permit alone)."""
+    path = tmp_path / "node.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+            connection.execute(
+                sa.text(
+                    "INSERT INTO tasks (task_id, study_id, analysis_name, analysis_version, "
+                    "parameters, deadline, min_cell_count, permit, status, outcome_reported, "
+                    "attempts, received_at) VALUES ('t-old', 's', 'person_count', '1.0.0', "
+                    "x'7b7d', '2030-01-01 00:00:00', 5, 'permit-7', 'queued', 0, 0, "
+                    "'2026-01-01 00:00:00')"
+                )
+            )
+    finally:
+        engine.dispose()
+    with NodeState.open(path) as state:
+        [task] = state.unfinished()
+        assert (task.task_id, task.permit, task.requested_by) == ("t-old", "permit-7", "")
+        new, _ = state.record_assignment(_assignment("t-new"))
+        assert new.requested_by == "alice"
 
 
 def test_requeue_undoes_an_attempt_stopped_by_shutdown(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from node_harness import (
 )
 
 from ehds.analyses.base import ComputeContext
+from ehds.analyses.engine import duckdb_session
 from ehds.analyses.person_count import PersonCount
 from ehds.federation.limits import MAX_CHUNK_BYTES
 from ehds.federation.model import (
@@ -47,6 +48,7 @@ from ehds.federation.model import (
     TaskProgress,
     TaskStage,
 )
+from ehds.federation.version import PROTOCOL_VERSION
 from ehds.node.errors import OUTCOME_MESSAGES
 from ehds.node.runner import PROGRESS_AFTER_S
 from ehds.omop.database import CdmDatabase
@@ -117,7 +119,7 @@ def test_hello_announces_versions_engine_and_policy_capabilities(
     async def scenario(coordinator: FakeCoordinator, node: RunningNode, session: Session) -> None:
         hello = next(m for m in session.received if isinstance(m, Hello))
         assert session.peer == "node/hospital-a"  # the certificate names the node
-        assert hello.protocol_version == ProtocolVersion(1, 1)
+        assert hello.protocol_version == ProtocolVersion(*PROTOCOL_VERSION)
         profile = hello.profile
         assert profile.software.name == "ehds-federation"
         assert profile.software.version == metadata.version("ehds-federation")
@@ -152,10 +154,11 @@ def test_person_count_result_is_the_analysis_output_as_canonical_json(
         payload, _ = await session.result("t-count")
         assert payload.content_type == "application/json"
         analysis = PersonCount()
-        expected = analysis.compute(
-            analysis.parse_parameters(parameters),
-            ComputeContext(cdm=CdmDatabase.parse(str(cdm)), min_cell_count=5),
-        )
+        with duckdb_session(cdm, tmp_path / "expected-results.duckdb") as engine:
+            expected = analysis.compute(
+                analysis.parse_parameters(parameters),
+                ComputeContext(cdm=None, min_cell_count=5, engine=engine),
+            )
         assert json.loads(payload.data) == expected
         assert payload.data == json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
         # A task that ends within PROGRESS_AFTER_S sends no progress: ack, then the result.

@@ -161,6 +161,7 @@ def coordinator_messages() -> list[node_link_pb2.CoordinatorMessage]:
                 deadline=DEADLINE,
                 min_cell_count=10,
                 data_permit_id="HDAB-FR-2026-0042",
+                requested_by="researcher-alice",
             )
         ),
         node_link_pb2.CoordinatorMessage(

@@ -98,6 +98,7 @@ COORDINATOR_MESSAGES: Sequence[model.CoordinatorMessage] = (
         deadline=NOW + timedelta(minutes=10),
         min_cell_count=5,
         data_permit_id="permit-7",
+        requested_by="alice",
     ),
     model.CancelTask("t1", "study cancelled by requester"),
     model.ResultReceipt("t1", hashlib.sha256(b"result").digest()),
@@ -192,6 +193,22 @@ def test_optional_fields_left_unset_decode_as_none() -> None:
     bare_study = model.Study("study-2", SPEC, model.StudyState.SUBMITTED)
     assert serde.decode_study(_wire(serde.encode_study(bare_study))) == bare_study
     assert serde.decode_study_node_status(study_api_pb2.StudyNodeStatus()).updated_at is None
+
+
+def test_an_assignment_from_a_1_1_coordinator_has_no_requester() -> None:
+    """Protocol 1.2 added `requested_by`; a 1.1 coordinator's assignment decodes with "" (the
+    node's differencing guard then keys on the permit alone)."""
+    wire = node_link_pb2.CoordinatorMessage(
+        task_assignment=node_link_pb2.TaskAssignment(
+            task_id="t",
+            analysis=common_pb2.AnalysisRef(name="a", version="1"),
+            deadline=serde.encode_timestamp(NOW),
+            data_permit_id="permit-7",
+        )
+    )
+    decoded = serde.decode_coordinator_message(_wire(wire))
+    assert isinstance(decoded, model.TaskAssignment)
+    assert decoded.requested_by == ""
 
 
 def test_timestamps_are_aware_utc() -> None:

@@ -1,7 +1,9 @@
 """Persons by sex and age band: the demo's analysis, and the model for every count analysis.
 
-Node side (:meth:`PersonCount.compute`): one ``GROUP BY`` statement runs inside the node's
-engine (DuckDB or PostgreSQL); Python only ever sees the grouped counts, never a person row.
+Node side (:meth:`PersonCount.compute`): one ``GROUP BY`` query, written once in Ibis, runs
+inside the node's engine (DuckDB, PostgreSQL or Spark); Python only ever sees the grouped
+counts (at most one row per cell of the grid), never a person row. The population it describes
+(persons born by the reference year) goes through the node's release guard first.
 
 Disclosure control, applied before anything leaves the node:
 
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import sqlalchemy as sa
+import ibis
+import ibis.expr.types as ir
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ehds.analyses.base import (
@@ -40,12 +43,11 @@ from ehds.analyses.base import (
     AnalysisParameters,
     ComputeContext,
     JsonObject,
+    canonical_json,
 )
+from ehds.analyses.engine import IbisCdm
 from ehds.core.errors import InputError
 from ehds.federation.model import TaskStage
-
-if TYPE_CHECKING:
-    from ehds.omop.database import CdmDatabase
 
 MALE_CONCEPT_ID: Final = 8507
 FEMALE_CONCEPT_ID: Final = 8532
@@ -106,42 +108,37 @@ class _ReleasedTable(BaseModel):
     min_cell_count: int = Field(ge=1)
 
 
-def _sex_case(gender_concept_id: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
-    return sa.case(
+def _sex_index(gender_concept_id: ir.IntegerValue) -> ir.IntegerValue:
+    return ibis.cases(
         (gender_concept_id == FEMALE_CONCEPT_ID, SEXES.index("FEMALE")),
         (gender_concept_id == MALE_CONCEPT_ID, SEXES.index("MALE")),
         else_=SEXES.index("OTHER/UNKNOWN"),
     )
 
 
-def _band_case(age: sa.ColumnElement[int], edges: Sequence[int]) -> sa.ColumnElement[int]:
+def _band_index(age: ir.IntegerValue, edges: Sequence[int]) -> ir.IntegerValue:
     """Index of the band holding ``age`` (ages below 0 are filtered out before)."""
     upper = edges[1:]
     if not upper:
-        return sa.literal(0, sa.Integer)
-    whens = [(age < hi, index) for index, hi in enumerate(upper)]
-    return sa.case(*whens, else_=len(upper))
+        return ibis.literal(0)
+    return ibis.cases(*[(age < hi, index) for index, hi in enumerate(upper)], else_=len(upper))
 
 
-def count_statement(cdm: CdmDatabase, params: PersonCountParameters) -> sa.Select[Any]:
-    """The one statement the node runs: grouped counts by (sex index, band index).
+def counted_persons(engine: IbisCdm, params: PersonCountParameters) -> ir.Table:
+    """The persons the table describes: born by the reference year."""
+    person = engine.table("person")
+    return person.filter(person.year_of_birth <= params.reference_year)
 
-    The categories are computed in a derived table and grouped outside it, because PostgreSQL
-    cannot tell that two bound parameters in SELECT and GROUP BY are the same expression.
-    """
-    person = cdm.table("person")
-    age = sa.literal(params.reference_year, sa.Integer) - person.c.year_of_birth
-    categorised = (
-        sa.select(
-            _sex_case(person.c.gender_concept_id).label("sex"),
-            _band_case(age, params.age_band_edges).label("band"),
-        )
-        .where(person.c.year_of_birth <= params.reference_year)
-        .subquery("categorised")
+
+def count_expression(engine: IbisCdm, params: PersonCountParameters) -> ir.Table:
+    """The one query the node runs: grouped counts by (sex index, band index)."""
+    person = counted_persons(engine, params)
+    age = params.reference_year - person.year_of_birth
+    categorised = person.select(
+        sex=_sex_index(person.gender_concept_id),
+        band=_band_index(age, params.age_band_edges),
     )
-    return sa.select(
-        categorised.c.sex, categorised.c.band, sa.func.count().label("persons")
-    ).group_by(categorised.c.sex, categorised.c.band)
+    return categorised.group_by(["sex", "band"]).aggregate(persons=categorised.count())
 
 
 def _grid(params: PersonCountParameters) -> list[tuple[str, str]]:
@@ -155,15 +152,21 @@ class PersonCount(Analysis[PersonCountParameters]):
     description = "Persons by sex and age band (small cells suppressed at each node)."
 
     def compute(self, params: PersonCountParameters, ctx: ComputeContext) -> JsonObject:
-        cdm: CdmDatabase = ctx.cdm
-        labels = params.band_labels()
         ctx.check_cancelled()
+        engine = ctx.require_engine()
+        labels = params.band_labels()
         ctx.report(TaskStage.QUERYING, 0.0)
-        with cdm.connect(read_only=True) as conn:
-            grouped = conn.execute(count_statement(cdm, params)).all()
+        persons = counted_persons(engine, params).select("person_id").distinct()
+        population = {"analysis": self.name, "reference_year": params.reference_year}
+        ctx.check_population(persons, fingerprint=canonical_json(population).decode())
+        ctx.check_cancelled()
+        grouped = engine.collect(count_expression(engine, params), max_rows=len(_grid(params)))
         ctx.check_cancelled()
         ctx.report(TaskStage.DISCLOSURE_CHECK, 0.9)
-        counts = {(SEXES[int(sex)], labels[int(band)]): int(n) for sex, band, n in grouped}
+        counts = {
+            (SEXES[int(row["sex"])], labels[int(row["band"])]): int(row["persons"])
+            for row in grouped
+        }
         threshold = ctx.min_cell_count
         cells: list[JsonObject] = []
         for sex, band in _grid(params):

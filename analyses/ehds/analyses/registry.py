@@ -10,7 +10,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from ehds.analyses.base import Analysis
+from ehds.analyses.characterization import Characterization
+from ehds.analyses.counts import Counts
+from ehds.analyses.incidence import Incidence
+from ehds.analyses.numeric_summary import NumericSummary
 from ehds.analyses.person_count import PersonCount
+from ehds.analyses.prevalence import Prevalence
 from ehds.analyses.testing import BlobAnalysis, SleepAnalysis
 from ehds.core.errors import InputError
 from ehds.federation.model import AnalysisRef
@@ -54,4 +59,15 @@ class Registry:
 def default_registry() -> Registry:
     """Every analysis shipped with this software, including the test analyses (which a node
     runs only if its policy allows them, as for any other analysis)."""
-    return Registry([PersonCount(), SleepAnalysis(), BlobAnalysis()])
+    return Registry(
+        [
+            PersonCount(),
+            Counts(),
+            Characterization(),
+            Incidence(),
+            Prevalence(),
+            NumericSummary(),
+            SleepAnalysis(),
+            BlobAnalysis(),
+        ]
+    )

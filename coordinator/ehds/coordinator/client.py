@@ -7,6 +7,11 @@ Every call has a deadline, so a coordinator that accepts the connection and neve
 cannot hang the caller; failures become the typed errors of `client_errors`. Protobuf stays
 here: callers get `ehds.federation.model` dataclasses and the result document as a dict.
 
+Results come as the whole document (`results`) or as one table for analysis and export
+(`results_table`, `export_results`; see `document_table`): the long summarised-result table
+(`ehds.analyses.results`) of every node and the pool, with the study id as ``result_id``, or,
+for an analysis that does not produce that format (``person_count``), its pooled table.
+
 Watching a study survives a dropped connection: `Watch` sends a full snapshot first and after
 every change, so reconnecting loses nothing. `watch` and `wait` therefore re-open the stream
 when it ends early (its own deadline, a coordinator restart) and skip snapshots already seen.
@@ -22,7 +27,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 
@@ -49,12 +54,22 @@ from ehds.federation.v1 import (
 from ehds.pki.errors import CertificateError
 from ehds.pki.identity import Identity
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ehds.analyses.results import ExportFormat
+
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
+    "EXPORT_FORMATS",
     "INSECURE_IDENTITY_HEADER",
     "CoordinatorClient",
     "ProgressCallback",
+    "document_table",
+    "export_document",
 ]
+
+EXPORT_FORMATS: Final = ("json", "csv", "parquet")
 
 DEFAULT_CALL_TIMEOUT: Final = 30.0
 """Seconds allowed to one unary call (and to a whole result download), unless given."""
@@ -252,6 +267,14 @@ class CoordinatorClient:
             raise ResultDocumentError(f"{operation}: the result document is not a JSON object")
         return document
 
+    def results_table(self, study_id: str) -> pa.Table:
+        """The study's results as one pyarrow table (see `document_table`)."""
+        return document_table(self.results(study_id))
+
+    def export_results(self, study_id: str, path: str | Path, fmt: ExportFormat) -> Path:
+        """Write the study's results table to ``path`` as json, csv or parquet."""
+        return export_document(self.results(study_id), path, fmt)
+
     # ------------------------------------------------------------------ AdminApi
 
     def list_nodes(self) -> builtins.list[NodeInfo]:
@@ -359,3 +382,67 @@ def _wait_timeout(study_id: str, last: Study | None) -> StudyWaitTimeoutError:
         f"study {study_id} has not ended in the time allowed (last state {state}); "
         "it goes on at the coordinator"
     )
+
+
+# ------------------------------------------------------------------ exports
+
+
+def document_table(document: dict[str, Any]) -> pa.Table:
+    """A result document as one table, first column ``result_id`` (the study id).
+
+    Summarised results (`ehds.analyses.results`): every row of every node and of the pool.
+    Other analyses: the pooled table their `Analysis.table` draws (a JSON column for an
+    analysis this client does not know, e.g. one newer than it).
+    """
+    import pyarrow as pa  # noqa: PLC0415 - pyarrow only for exports
+
+    from ehds.analyses.results import document_rows, is_summarised, to_arrow  # noqa: PLC0415
+
+    result_id = str(document.get("study_id", ""))
+    if is_summarised(document.get("pooled")):
+        return to_arrow(document_rows(document), result_id=result_id)
+    header, rows = _analysis_table(document)
+    columns: dict[str, list[Any]] = {"result_id": [result_id] * len(rows)}
+    for index, name in enumerate(header):
+        columns[name] = [row[index] for row in rows]
+    return pa.table(columns)
+
+
+def export_document(document: dict[str, Any], path: str | Path, fmt: ExportFormat) -> Path:
+    """Write `document_table` to ``path`` as ``json`` (an array of row objects), ``csv`` or
+    ``parquet``; returns the path."""
+    from ehds.analyses.results import document_rows, is_summarised, write  # noqa: PLC0415
+
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r} (json, csv or parquet)")
+    target = Path(path)
+    if is_summarised(document.get("pooled")):
+        return write(
+            document_rows(document), target, fmt, result_id=str(document.get("study_id", ""))
+        )
+    table = document_table(document)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        pq.write_table(table, target)
+    elif fmt == "csv":
+        import pyarrow.csv as pa_csv  # noqa: PLC0415
+
+        pa_csv.write_csv(table, target)
+    else:
+        text = json.dumps(table.to_pylist(), indent=1, ensure_ascii=False) + "\n"
+        target.write_text(text, encoding="utf-8")
+    return target
+
+
+def _analysis_table(document: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    from ehds.analyses.registry import default_registry  # noqa: PLC0415
+    from ehds.federation.model import AnalysisRef  # noqa: PLC0415
+
+    pooled = document.get("pooled") or {}
+    analysis = document.get("analysis") or {}
+    try:
+        ref = AnalysisRef(str(analysis.get("name", "")), str(analysis.get("version", "")))
+        return default_registry().get(ref).table(pooled)
+    except InputError:
+        return ["result"], [[json.dumps(pooled, sort_keys=True)]]

@@ -236,7 +236,9 @@ class Dispatcher:
         for node, message in effects.messages:
             if isinstance(message, TaskAssignment):
                 self._progress.assigned(message.task_id, node, message.study_id)
-            self.streams.send(node, message)
+                self.streams.send(node, self._for_node(node, message))
+            else:
+                self.streams.send(node, message)
         self._metrics.record(effects)
         for study_id in effects.ended_studies:
             handle = self._timers.pop(study_id, None)
@@ -250,6 +252,14 @@ class Dispatcher:
         for study_id in effects.aggregate:
             self._spawn(self._aggregate(study_id), f"aggregate-{study_id}")
         self._notifier.notify(effects.changed_studies)
+
+    def _for_node(self, node: str, message: TaskAssignment) -> TaskAssignment:
+        """The assignment as the node's stream version defines it: a 1.1 node gets no
+        ``requested_by`` (since 1.2), so the researcher's name goes only where it is used."""
+        session = self.streams.get(node)
+        if session is not None and session.version.minor < 2 and message.requested_by:
+            return replace(message, requested_by="")
+        return message
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

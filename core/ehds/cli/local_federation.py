@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,12 @@ NODE_READY = re.compile(r"node (?P<name>\S+) ready \(health [^\s:]+:(?P<health>\
 
 COUNTRY_OFFSETS = {"fr": 0, "fi": 500_000_000, "dk": 1_000_000_000}
 """Person-id offsets that keep the country CDMs disjoint, as real partners' ids would be."""
+
+ENGINES = ("duckdb", "postgresql", "spark")
+"""What a node of a local federation can run on (`prepare`'s ``engines``)."""
+
+SPARK_MASTER = "local[1]"
+"""A local federation's Spark nodes share one machine with the rest: one core each."""
 
 
 class FederationProcessError(StateError):
@@ -135,9 +141,11 @@ class NodeSetup:
     name: str
     country: str
     folder: Path
+    # The synthetic CDM as generated (DuckDB); a PostgreSQL or Spark node holds a copy of it.
     cdm: Path
     config: Path
     policy: Path
+    engine: str = "duckdb"
 
 
 @dataclass
@@ -153,6 +161,8 @@ class LocalFederation:
     coordinator_port: int = 0
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=_child_env)
+    # Nodes log at INFO (`ehds -v`): tests read what a node logged about its tasks.
+    verbose_nodes: bool = False
 
     # ----------------------------------------------------------------------- processes
 
@@ -178,7 +188,8 @@ class LocalFederation:
         if self.coordinator_port == 0:
             raise FederationProcessError("start the coordinator before the nodes")
         node = self.nodes[name]
-        process = self._start(name, ["node", "serve", "--config", str(node.config)])
+        verbose = ["-v"] if self.verbose_nodes else []
+        process = self._start(name, [*verbose, "node", "serve", "--config", str(node.config)])
         process.health_port = int(process.wait_for(NODE_READY)["health"])
         return process
 
@@ -234,16 +245,33 @@ def prepare(
     heartbeat_interval_seconds: float = 2.0,
     keepalive: tuple[float, float] = (10.0, 5.0),
     cdm_cache: Path | None = None,
+    engines: Mapping[str, str] | None = None,
+    postgres_urls: Mapping[str, str] | None = None,
+    cdm_profile: str | None = None,
 ) -> LocalFederation:
     """Create CA, certificates, country CDMs and configuration files under ``root`` (emptied).
 
     ``analyses`` is what every node's policy allows, unless ``node_policies`` names a node.
     ``cdm_cache`` (tests) keeps generated CDMs between federations: generation is
     deterministic for a (country, persons, seed), so a cached file is the same CDM.
+
+    ``engines`` maps a node name (``node-fr``) to ``duckdb`` (the default), ``postgresql`` or
+    ``spark``. A PostgreSQL node's CDM is loaded into the (empty) database that
+    ``postgres_urls`` gives for it; a Spark node's CDM is exported to the Parquet layout in its
+    folder. ``cdm_profile`` gives every node the CDM of that one country profile (same persons,
+    same ids): identical CDMs, for comparing engines.
     """
     from ehds.omop.database import CdmDatabase
     from ehds.omop.synth import SynthOptions, generate
     from ehds.pki import Role, init_authority, issue_certificate
+
+    engines = dict(engines or {})
+    postgres_urls = dict(postgres_urls or {})
+    for name, engine in engines.items():
+        if engine not in ENGINES:
+            raise ValueError(f"engines[{name!r}]: {engine!r} is not one of {', '.join(ENGINES)}")
+        if engine == "postgresql" and name not in postgres_urls:
+            raise ValueError(f"engines[{name!r}] is postgresql: postgres_urls[{name!r}] is missing")
 
     if root.exists():
         shutil.rmtree(root)
@@ -294,7 +322,8 @@ def prepare(
         folder = root / name
         folder.mkdir()
         cdm = folder / f"cdm-{country}.duckdb"
-        cached = cdm_cache / f"{country}-{persons}-{seed}.duckdb" if cdm_cache is not None else None
+        profile = cdm_profile or country
+        cached = cdm_cache / f"{profile}-{persons}-{seed}.duckdb" if cdm_cache is not None else None
         if cached is not None and cached.exists():
             shutil.copyfile(cached, cdm)
         else:
@@ -303,8 +332,8 @@ def prepare(
                 SynthOptions(
                     persons=persons,
                     seed=seed,
-                    profile=country,
-                    id_offset=COUNTRY_OFFSETS.get(country, 0),
+                    profile=profile,
+                    id_offset=COUNTRY_OFFSETS.get(profile, 0),
                 ),
             )
             if cached is not None:
@@ -320,13 +349,14 @@ def prepare(
                 "analyses": [{"name": n, "version": v} for n, v in allowed],
             },
         )
+        engine = engines.get(name, "duckdb")
         config = folder / "node.yaml"
         _write_yaml(
             config,
             {
                 "coordinator": {"address": "127.0.0.1:1"},
                 "tls": tls(name),
-                "cdm": {"url": str(cdm)},
+                "cdm": _node_cdm(engine, cdm, folder, postgres_urls.get(name)),
                 "policy": str(policy),
                 "state": str(folder / "node-state.db"),
                 "health": {"host": "127.0.0.1", "port": 0},
@@ -334,7 +364,7 @@ def prepare(
                 "reconnect": {"initial_seconds": 0.2, "max_seconds": 2.0},
             },
         )
-        nodes[name] = NodeSetup(name, country, folder, cdm, config, policy)
+        nodes[name] = NodeSetup(name, country, folder, cdm, config, policy, engine)
     return LocalFederation(
         root=root,
         pki=pki,
@@ -343,6 +373,29 @@ def prepare(
         operator_config=clients["operator"],
         nodes=nodes,
     )
+
+
+def _node_cdm(engine: str, cdm: Path, folder: Path, postgres_url: str | None) -> dict[str, Any]:
+    """The ``cdm`` section of a node's configuration; copies the CDM where the engine reads it."""
+    from ehds.omop.database import CdmDatabase
+    from ehds.omop.loader import load_cdm
+    from ehds.omop.parquet_layout import export_layout
+
+    if engine == "postgresql":
+        assert postgres_url is not None
+        load_cdm(cdm, CdmDatabase.parse(postgres_url))
+        return {"url": postgres_url}
+    if engine == "spark":
+        parquet = folder / "cdm-parquet"
+        export_layout(CdmDatabase.parse(str(cdm)), parquet)
+        return {
+            "spark": {
+                "parquet": str(parquet),
+                "master": SPARK_MASTER,
+                "conf": {"spark.driver.memory": "512m"},
+            }
+        }
+    return {"url": str(cdm)}
 
 
 @contextmanager

@@ -3,7 +3,7 @@
     ehds study [--config researcher.yaml] submit FILE.yaml [--wait [--timeout S]]
     ehds study [--config researcher.yaml] status ID
     ehds study [--config researcher.yaml] watch ID
-    ehds study [--config researcher.yaml] results ID [--format table|json|csv]
+    ehds study [--config researcher.yaml] results ID [--format FORMAT] [-o FILE]
     ehds study [--config researcher.yaml] list
     ehds study [--config researcher.yaml] cancel ID [--reason TEXT]
 
@@ -12,6 +12,14 @@ The client configuration comes from ``--config`` (before or after the command) o
 configuration is even read, so a bad file never reaches the coordinator. ``submit --wait`` and
 ``watch`` exit with 0 when the study COMPLETED and 1 when it ended otherwise (FAILED,
 CANCELLED), so that scripts can tell; errors exit with 2.
+
+Results: an analysis producing summarised results (`ehds.analyses.results`: counts,
+characterization, incidence, ...) is shown as its long table, every node's rows and the pool's,
+with the study id as ``result_id``: ``table`` (readable, with who contributed and how many
+cells each node suppressed), ``json`` (an array of row objects), ``csv``, ``parquet`` (needs
+``-o FILE``). ``document`` is the whole result document as the coordinator serves it. For other
+analyses (``person_count``), ``json`` is the whole document and ``csv``/``table`` the pooled
+table, as before.
 
 The plain-text renderers here (`format_table`, `render_results`, ...) are also used by
 ``ehds admin``; they need nothing beyond the standard library.
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
 
 CONFIG_ENV: Final = "EHDS_CLIENT_CONFIG"
 DEFAULT_WAIT_SECONDS: Final = 3600.0
-FORMATS: Final = ("table", "json", "csv")
+FORMATS: Final = ("table", "json", "csv", "parquet", "document")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -71,7 +79,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """
     cells = [[_text(v) for v in row] for row in rows]
     numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(header))]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    widths = [max([len(str(h)), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
 
     def line(values: Sequence[str], align: Sequence[bool]) -> str:
         parts = [
@@ -127,17 +135,27 @@ def node_rows(document: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def render_results(document: dict[str, Any], fmt: str) -> str:
-    """The result document as ``json`` (all of it), ``csv`` (the pooled table) or ``table``
-    (who contributed, then the pooled table)."""
-    if fmt == "json":
-        return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    header, rows = pooled_table(document)
-    if fmt == "csv":
-        return format_csv(header, rows)
+def suppressed_cells(document: dict[str, Any]) -> dict[str, int]:
+    """Suppressed cells per contributing node: what ``aggregate`` counted, else counted here
+    from the released rows."""
+    pooled = document.get("pooled") or {}
+    counted = pooled.get("suppressed_cells") if isinstance(pooled, dict) else None
+    if isinstance(counted, dict):
+        return {str(node): int(n) for node, n in counted.items()}
+    cells: dict[str, int] = {}
+    for entry in document.get("nodes", []):
+        result = entry.get("result")
+        if isinstance(result, dict) and isinstance(result.get("rows"), list):
+            cells[str(entry.get("node"))] = sum(
+                1 for row in result["rows"] if isinstance(row, dict) and row.get("suppressed")
+            )
+    return cells
+
+
+def _header_lines(document: dict[str, Any]) -> list[str]:
     analysis = document.get("analysis") or {}
     contributors = ", ".join(document.get("contributors", [])) or "none"
-    parts = [
+    return [
         f"study {document.get('study_id', '?')}: {analysis.get('name', '?')} "
         f"{analysis.get('version', '?')}, cells under {document.get('min_cell_count', '?')} "
         "suppressed at each node",
@@ -145,8 +163,41 @@ def render_results(document: dict[str, Any], fmt: str) -> str:
         format_table(*node_rows(document)),
         "",
         f"pooled over: {contributors}",
-        format_table(header, rows),
     ]
+
+
+def render_summarised(document: dict[str, Any], fmt: str) -> str:
+    """A summarised result document as ``json`` rows, ``csv`` or a readable ``table``."""
+    from ehds.analyses import results
+
+    rows = results.document_rows(document)
+    result_id = str(document.get("study_id", ""))
+    if fmt == "json":
+        return results.to_json_text(rows, result_id)
+    if fmt == "csv":
+        return results.to_csv(rows, result_id)
+    parts = [*_header_lines(document), results.render(rows, suppressed_cells(document))]
+    return "\n".join(parts)
+
+
+def render_results(document: dict[str, Any], fmt: str) -> str:
+    """The result document as text: ``document`` (all of it, JSON); for summarised results
+    see `render_summarised`; otherwise ``json`` (all of it), ``csv`` (the pooled table) or
+    ``table`` (who contributed, then the pooled table)."""
+    from ehds.analyses.results import is_summarised
+
+    if fmt == "document" or (fmt == "json" and not is_summarised(document.get("pooled"))):
+        return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if fmt == "parquet":
+        from ehds.core.errors import InputError
+
+        raise InputError("--format parquet writes a file: give -o FILE.parquet")
+    if is_summarised(document.get("pooled")):
+        return render_summarised(document, fmt)
+    header, rows = pooled_table(document)
+    if fmt == "csv":
+        return format_csv(header, rows)
+    parts = [*_header_lines(document), format_table(header, rows)]
     return "\n".join(parts) + "\n"
 
 
@@ -303,10 +354,28 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
+    from ehds.core.errors import InputError
+
+    if args.format == "parquet" and args.output is None:
+        raise InputError("--format parquet writes a file: give -o FILE.parquet")
     with open_client(args) as client:
         document = client.results(args.study_id)
-    sys.stdout.write(render_results(document, args.format))
-    sys.stdout.flush()
+    if args.output is None:
+        sys.stdout.write(render_results(document, args.format))
+        sys.stdout.flush()
+        return 0
+    output: Path = args.output
+    try:
+        if args.format == "parquet":
+            from ehds.coordinator.client import export_document
+
+            export_document(document, output, "parquet")
+        else:
+            text = render_results(document, args.format)
+            output.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    _say(f"results of study {args.study_id} written to {output} ({args.format})")
     return 0
 
 
@@ -383,7 +452,17 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--format",
         choices=FORMATS,
         default="table",
-        help="table (default), json (the whole result document) or csv (the pooled table)",
+        help="table (default), json, csv, parquet (needs -o) or document (the whole result "
+        "document); summarised results export their long table, every node's rows and the "
+        "pool's",
+    )
+    results.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write to FILE instead of standard output",
     )
     results.set_defaults(handler=_results)
 

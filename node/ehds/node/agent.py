@@ -28,6 +28,7 @@ import random
 import threading
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ehds.analyses.registry import Registry, default_registry
@@ -37,6 +38,7 @@ from ehds.federation.chunks import split_payload
 from ehds.federation.model import (
     CancelTask,
     CoordinatorMessage,
+    ErrorCode,
     Heartbeat,
     Hello,
     PayloadChunk,
@@ -60,8 +62,9 @@ from ehds.node.metrics import NodeMetrics
 from ehds.node.policy import Policy, load_policy
 from ehds.node.profile import CdmVersions, make_profile
 from ehds.node.runner import TaskRunner
-from ehds.node.state import NodeState
+from ehds.node.state import NodeState, StoredTask
 from ehds.node.state_schema import TaskStatus
+from ehds.node.task_engines import node_engines
 from ehds.omop.database import CdmDatabase
 from ehds.omop.schema.layout import SchemaNames
 
@@ -78,9 +81,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def open_cdm(config: NodeConfig) -> CdmDatabase:
-    """The node's CDM as configured; `NodeStartError` naming the key when it is malformed."""
+def open_cdm(config: NodeConfig) -> CdmDatabase | Path:
+    """The node's CDM as configured: a database, or the root of a Parquet layout (Spark);
+    `NodeStartError` naming the key when it is malformed."""
     schemas = config.cdm.schemas
+    if config.cdm.spark is not None:
+        return config.cdm.spark.parquet
+    assert config.cdm.url is not None
     try:
         return CdmDatabase.parse(
             config.cdm.url,
@@ -88,6 +95,14 @@ def open_cdm(config: NodeConfig) -> CdmDatabase:
         )
     except (EhdsError, ValueError) as exc:
         raise NodeStartError(f"cdm: {exc}") from None
+
+
+def _stored_outcome(task: StoredTask, code: ErrorCode) -> TaskOutcome:
+    """An outcome sent again: its stored text (a disclosure refusal names its rule), else the
+    code's fixed text."""
+    if task.message:
+        return TaskOutcome(task_id=task.task_id, error_code=code, message=task.message)
+    return outcome(task.task_id, code)
 
 
 class _Stopped(Exception):  # noqa: N818 (control flow: the agent was asked to stop)
@@ -123,6 +138,7 @@ class NodeAgent:
         self._registry = registry or default_registry()
         self._cdm = open_cdm(config)
         self._cdm_versions = CdmVersions(self._cdm)
+        self._engine_name = config.cdm.engine.value
         self._link_settings = LinkSettings.for_node(
             config, node_name=self.node_name, insecure=insecure
         )
@@ -130,7 +146,8 @@ class NodeAgent:
         self._shutdown_grace = shutdown_grace_seconds
         self._runner = TaskRunner(
             state=state,
-            cdm=self._cdm,
+            cdm=self._cdm if isinstance(self._cdm, CdmDatabase) else None,
+            engines=node_engines(config),
             registry=self._registry,
             policy=lambda: self._policy,
             events=_LoopEvents(self),
@@ -275,7 +292,7 @@ class NodeAgent:
     async def _session(self) -> None:
         """One stream, from Hello to its end (None: the coordinator ended it with OK)."""
         versions = await self._cdm_versions.get()
-        profile = make_profile(versions, self._cdm.backend.value, self._policy, self._registry)
+        profile = make_profile(versions, self._engine_name, self._policy, self._registry)
         async with open_link(self._link_settings) as link:
             link.send(Hello(self.protocol_version, profile))
             welcome = await self._until_stopped(self._welcome(link))
@@ -376,7 +393,7 @@ class NodeAgent:
         link.send(Heartbeat(0, in_flight))
         for task in await asyncio.to_thread(self._state.unreported_outcomes):
             if task.error_code is not None:
-                await self._send_outcome(link, outcome(task.task_id, task.error_code))
+                await self._send_outcome(link, _stored_outcome(task, task.error_code))
         for task_id in await asyncio.to_thread(self._state.unreceipted_results):
             await self._send_result(link, task_id)
 
@@ -429,7 +446,7 @@ class NodeAgent:
             return
         log.info("task %s: assignment repeated (status %s)", task.task_id, task.status.value)
         if task.status is TaskStatus.OUTCOME and task.error_code is not None:
-            await self._send_outcome(link, outcome(task.task_id, task.error_code))
+            await self._send_outcome(link, _stored_outcome(task, task.error_code))
         elif task.status is TaskStatus.DONE:
             await self._send_result(link, task.task_id)
         elif task.task_id not in self._runner.active():

@@ -31,8 +31,10 @@ from typing import Any, ClassVar
 import duckdb
 import psycopg
 import sqlalchemy as sa
+from ibis.common.exceptions import TableNotFound
 
 from ehds.analyses.base import TaskCancelledError
+from ehds.analyses.engine import EngineUnavailableError
 from ehds.omop.database import Backend, CdmDatabase
 from ehds.omop.profile import NoCdmError
 
@@ -234,6 +236,8 @@ _UNAVAILABLE = (
     psycopg.errors.UndefinedTable,
     psycopg.errors.InvalidSchemaName,
     NoCdmError,
+    EngineUnavailableError,
+    TableNotFound,
 )
 
 

@@ -6,12 +6,28 @@ here (`policy`), so that a data protection officer can review and version it on 
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ehds.core.config import ConfigModel, ConfigPath, load_config
 from ehds.core.netconfig import CoordinatorEndpoint, Keepalive, Listen, TlsFiles
+from ehds.omop.database import Backend, CdmDatabase, DatabaseUrlError, parse_url
+from ehds.omop.schema.layout import SchemaNames
+
+DEFAULT_RESULTS_FILE = "node-results.duckdb"
+"""A DuckDB node's own results file (cohorts, the release guard's memory), beside its state."""
+
+DEFAULT_SPARK_WAREHOUSE = "spark-warehouse"
+"""A Spark node's own warehouse folder (its ``results`` database), beside its state."""
+
+
+class EngineName(enum.StrEnum):
+    DUCKDB = "duckdb"
+    POSTGRESQL = "postgresql"
+    SPARK = "spark"
 
 
 class CdmSchemas(ConfigModel):
@@ -20,11 +36,70 @@ class CdmSchemas(ConfigModel):
     results: str = "results"
 
 
-class CdmConfig(ConfigModel):
-    """The node's own OMOP CDM: a DuckDB file path or a SQLAlchemy URL (PostgreSQL)."""
+class SparkConfig(ConfigModel):
+    """A CDM in the Parquet layout (`ehds.omop.parquet_layout`), read by Apache Spark."""
 
-    url: str
+    parquet: ConfigPath
+    # local[N] runs Spark inside the node process; spark://HOST:PORT, yarn, k8s://... a cluster
+    # (which must then see ``parquet`` and ``warehouse`` at the same paths).
+    master: str = Field(default="local[2]", min_length=1)
+    # The node's own folder for its results database; default: beside the state database.
+    warehouse: ConfigPath | None = None
+    # Any Spark setting (spark.executor.memory, ...); they override the node's defaults.
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class CdmConfig(ConfigModel):
+    """The node's own OMOP CDM and the engine that reads it: a DuckDB file path or a SQLAlchemy
+    URL (PostgreSQL) in ``url``, or a Parquet layout read by Spark in ``spark``."""
+
+    url: str | None = None
+    spark: SparkConfig | None = None
     schemas: CdmSchemas = CdmSchemas()
+    # DuckDB only: the node-owned DuckDB file for cohorts and the release guard's memory (the
+    # CDM file is opened read-only). Default: beside the state database.
+    results: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> Self:
+        if (self.url is None) == (self.spark is None):
+            raise ValueError("give exactly one of cdm.url (DuckDB or PostgreSQL) and cdm.spark")
+        if self.url is not None:
+            schemas = self.schemas
+            try:
+                database = CdmDatabase(
+                    parse_url(self.url),
+                    SchemaNames(cdm=schemas.cdm, vocab=schemas.vocab, results=schemas.results),
+                )
+            except (DatabaseUrlError, ValueError) as exc:
+                raise ValueError(f"cdm.url: {exc}") from None
+            backend = database.backend.value
+            if self.results is not None and backend != Backend.DUCKDB.value:
+                raise ValueError(
+                    "cdm.results is for a DuckDB CDM only (PostgreSQL writes cohorts to the "
+                    "results schema of its own database)"
+                )
+        elif self.results is not None:
+            raise ValueError(
+                "cdm.results is for a DuckDB CDM only (Spark writes cohorts to cdm.spark.warehouse)"
+            )
+        if self.results is not None:
+            names = (self.schemas.cdm, self.schemas.vocab, self.schemas.results)
+            if self.results.stem in names:
+                raise ValueError(
+                    f"cdm.results: DuckDB names a database after its file, and "
+                    f"{self.results.name!r} would clash with schema {self.results.stem!r}; "
+                    "choose another file name"
+                )
+        return self
+
+    @property
+    def engine(self) -> EngineName:
+        if self.spark is not None:
+            return EngineName.SPARK
+        assert self.url is not None
+        backend = parse_url(self.url).get_backend_name()
+        return EngineName.POSTGRESQL if backend == Backend.POSTGRESQL.value else EngineName.DUCKDB
 
 
 class ReconnectConfig(ConfigModel):
@@ -52,13 +127,24 @@ class NodeConfig(ConfigModel):
     # another, or the stream.
     max_concurrent_tasks: int = Field(default=4, ge=1)
 
+    def results_file(self) -> Path:
+        """DuckDB: the node's results file (``cdm.results`` or beside the state database)."""
+        return self.cdm.results or self.state.parent / DEFAULT_RESULTS_FILE
+
+    def spark_warehouse(self) -> Path:
+        """Spark: the node's warehouse folder (``cdm.spark.warehouse`` or beside the state)."""
+        spark = self.cdm.spark
+        if spark is not None and spark.warehouse is not None:
+            return spark.warehouse
+        return self.state.parent / DEFAULT_SPARK_WAREHOUSE
+
 
 def load_node_config(path: Path) -> NodeConfig:
     config = load_config(NodeConfig, path)
     url = config.cdm.url
-    if "://" not in url and not Path(url).is_absolute():
+    if url is not None and "://" not in url and not Path(url).is_absolute():
         # A DuckDB file given as a relative path is relative to this configuration file.
         config = config.model_copy(
-            update={"cdm": CdmConfig(url=str(path.parent / url), schemas=config.cdm.schemas)}
+            update={"cdm": config.cdm.model_copy(update={"url": str(path.parent / url)})}
         )
     return config

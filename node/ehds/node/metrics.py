@@ -50,8 +50,32 @@ class NodeMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        # Disclosure control, visible to operators: how much a node withholds, and why.
+        self.suppressed_cells = Counter(
+            "ehds_node_suppressed_cells",
+            "Result cells released as suppressed (count 1 to threshold-1, or complementary), "
+            "by analysis",
+            ["analysis"],
+            registry=self.registry,
+        )
+        self.disclosure_refusals = Counter(
+            "ehds_node_disclosure_refusals",
+            "Tasks refused by a disclosure rule (e.g. differencing), by analysis and rule",
+            ["analysis", "rule"],
+            registry=self.registry,
+        )
 
     def task_ended(self, analysis: AnalysisRef, code: ErrorCode | None, seconds: float) -> None:
         label = str(analysis)
         self.tasks.labels(analysis=label, outcome=outcome_label(code)).inc()
         self.task_duration.labels(analysis=label).observe(seconds)
+
+    def cells_suppressed(self, analysis: AnalysisRef | str, n: int) -> None:
+        """``n`` cells of one released result were suppressed (0 still creates the series, so
+        a dashboard shows the analysis with nothing withheld)."""
+        if n < 0:
+            raise ValueError(f"suppressed cell count must be >= 0, got {n}")
+        self.suppressed_cells.labels(analysis=str(analysis)).inc(n)
+
+    def disclosure_refused(self, analysis: AnalysisRef | str, rule: str) -> None:
+        self.disclosure_refusals.labels(analysis=str(analysis), rule=rule).inc()

@@ -13,14 +13,17 @@ import contextlib
 import logging
 import threading
 from importlib import metadata
+from pathlib import Path
 from typing import Final
 
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from ehds.analyses.registry import Registry
 from ehds.federation.model import AnalysisRef, NodeProfile, SoftwareInfo
 from ehds.node.policy import Policy
 from ehds.omop.database import CdmDatabase
+from ehds.omop.parquet_layout import is_layout, table_files
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,46 @@ def capabilities(policy: Policy, registry: Registry) -> tuple[AnalysisRef, ...]:
     return tuple(ref for ref in policy.capabilities() if ref in known)
 
 
-def cdm_versions(cdm: CdmDatabase) -> tuple[str, str] | None:
+CdmSource = CdmDatabase | Path
+"""A node's CDM: a database (DuckDB, PostgreSQL), or the root of a Parquet layout (Spark)."""
+
+
+def _describe(cdm: CdmSource) -> str:
+    return f"the Parquet CDM {cdm}" if isinstance(cdm, Path) else cdm.describe()
+
+
+def _parquet_versions(root: Path) -> tuple[str, str] | None:
+    """The versions from ``cdm_source`` of a Parquet layout, read with pyarrow (two columns of
+    one row of a table that describes the CDM, not its persons): no Spark start for a Hello.
+    None when the table is absent or empty."""
+    if not is_layout(root):
+        raise FileNotFoundError(f"{root} is not a Parquet CDM layout")
+    for file in table_files(root, "cdm_source"):
+        table = pq.read_table(file, columns=["cdm_version", "vocabulary_version"])
+        if table.num_rows:
+            first = table.slice(0, 1).to_pylist()[0]
+            return str(first["cdm_version"] or ""), str(first["vocabulary_version"] or "")
+    return None
+
+
+def cdm_versions(cdm: CdmSource) -> tuple[str, str] | None:
     """``(cdm_version, vocabulary_version)`` from the first row of ``cdm_source`` (``""`` for
     a missing value or an empty table), None when the CDM cannot be read. Raises nothing: the
     reason is logged here, without data."""
+    if isinstance(cdm, Path):
+        try:
+            versions = _parquet_versions(cdm)
+        except Exception as exc:
+            log.warning(
+                "cannot read cdm_source in %s (%s): announcing empty CDM and vocabulary versions",
+                _describe(cdm),
+                type(exc).__name__,
+            )
+            return None
+        if versions is None:
+            log.warning("cdm_source in %s is empty: announcing empty versions", _describe(cdm))
+            return "", ""
+        return versions
     try:
         source = cdm.table("cdm_source")
         with cdm.connect(read_only=True) as conn:
@@ -81,10 +120,15 @@ def make_profile(
     )
 
 
-def read_profile(cdm: CdmDatabase, policy: Policy, registry: Registry) -> NodeProfile:
+def engine_name(cdm: CdmSource) -> str:
+    """The engine a node announces: duckdb, postgresql or spark."""
+    return "spark" if isinstance(cdm, Path) else cdm.backend.value
+
+
+def read_profile(cdm: CdmSource, policy: Policy, registry: Registry) -> NodeProfile:
     """The Hello profile. A CDM that cannot be read gives empty versions: the node still
     connects (it fails tasks with CDM_UNAVAILABLE), and researchers see the empty version."""
-    return make_profile(cdm_versions(cdm) or ("", ""), cdm.backend.value, policy, registry)
+    return make_profile(cdm_versions(cdm) or ("", ""), engine_name(cdm), policy, registry)
 
 
 class CdmVersions:
@@ -98,7 +142,7 @@ class CdmVersions:
     read (empty at first) are announced.
     """
 
-    def __init__(self, cdm: CdmDatabase) -> None:
+    def __init__(self, cdm: CdmSource) -> None:
         self._cdm = cdm
         self._value = ("", "")
         self._read_at: float | None = None

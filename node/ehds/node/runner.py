@@ -19,6 +19,11 @@ none (each message costs the coordinator a write and a snapshot to every watcher
 the latest stage reported is sent, at most one message per `PROGRESS_EVERY_S`.
 
 Deadlines and delayed progress run on one scheduler thread, not a timer thread per task.
+
+The engine: every task gets its own `IbisCdm` (`ehds.node.task_engines`), opened on first use,
+interrupted with the task's other queries on a cancel, its deadline or shutdown, and closed
+when the task ends. A `DisclosureRefusedError` ends the task with DISCLOSURE_REFUSED and a
+message naming the rule and its threshold (never the value that triggered it).
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ehds.analyses.base import (
     Analysis,
     AnalysisParameters,
     ComputeContext,
+    DisclosureRefusedError,
     InvalidParametersError,
+    JsonObject,
     TaskCancelledError,
     canonical_json,
 )
+from ehds.analyses.engine import IbisCdm
 from ehds.analyses.registry import (
     Registry,
     UnknownAnalysisError,
@@ -54,8 +62,13 @@ from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavaila
 from ehds.node.errors import OUTCOME_MESSAGES, outcome, redacted_traceback
 from ehds.node.metrics import NodeMetrics
 from ehds.node.policy import Policy
+from ehds.node.release_guard import NodeReleaseGuard
 from ehds.node.state import NodeState, StoredTask
+from ehds.node.task_engines import TaskEngines
 from ehds.omop.database import CdmDatabase
+
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +174,51 @@ class _Refusal(Exception):  # noqa: N818 (control flow inside the runner, never 
         self.code = code
 
 
+def disclosure_message(refusal: DisclosureRefusedError) -> str:
+    """What leaves the node when it refuses a release: the rule and what it requires."""
+    return f"refused by disclosure rule {refusal.rule}: {refusal.message}"
+
+
+class _AccountedGuard:
+    """The node's release guard, counting the aggregate rows it reads from the engine apart
+    from the analysis' own (the guard reads two counts per check, never person ids)."""
+
+    def __init__(self, guard: NodeReleaseGuard) -> None:
+        self._guard = guard
+        self.rows_collected = 0
+
+    def check_population(self, engine: IbisCdm, persons: ir.Table, *, fingerprint: str) -> None:
+        before = engine.rows_collected
+        try:
+            self._guard.check_population(engine, persons, fingerprint=fingerprint)
+        finally:
+            self.rows_collected += engine.rows_collected - before
+
+
+def released_rows(released: JsonObject) -> int:
+    """How many rows (summarised result) or cells (``person_count``) a result holds."""
+    for key in ("rows", "cells"):
+        value = released.get(key)
+        if isinstance(value, list):
+            return len(value)
+    return 0
+
+
+def suppressed_cells(released: JsonObject) -> int:
+    """Rows of a summarised result released as suppressed (for the node's metrics)."""
+    rows = released.get("rows")
+    if not isinstance(rows, list):
+        return 0
+    return sum(1 for row in rows if isinstance(row, dict) and row.get("suppressed") is True)
+
+
 @dataclass
 class _Handle:
     task: StoredTask
     cancelled: threading.Event = field(default_factory=threading.Event)
     guard: QueryGuard = field(default_factory=QueryGuard)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    engine: IbisCdm | None = None
     # Why the cancel flag is set: CANCELLED or DEADLINE_EXCEEDED; None with `shutdown`.
     reason: ErrorCode | None = None
     shutdown: bool = False
@@ -189,8 +241,11 @@ class _Handle:
             elif self.reason is None and not self.shutdown:
                 self.reason = reason
             not_started = not self.started
+            engine = self.engine
         self.cancelled.set()
         self.guard.interrupt()
+        if engine is not None:
+            engine.interrupt()
         return not_started
 
 
@@ -199,7 +254,8 @@ class TaskRunner:
         self,
         *,
         state: NodeState,
-        cdm: CdmDatabase,
+        cdm: CdmDatabase | None,
+        engines: TaskEngines,
         registry: Registry,
         policy: Callable[[], Policy],
         events: TaskEvents,
@@ -209,6 +265,7 @@ class TaskRunner:
     ) -> None:
         self._state = state
         self._cdm = cdm
+        self._engines = engines
         self._registry = registry
         self._policy = policy
         self._events = events
@@ -221,7 +278,7 @@ class TaskRunner:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._scheduler = _Scheduler()
-        self._shared_cdm = SharedCdm(cdm)
+        self._shared_cdm = SharedCdm(cdm) if cdm is not None else None
 
     def start(self) -> None:
         for number in range(self._worker_count):
@@ -288,7 +345,9 @@ class TaskRunner:
                 timeout,
             )
         else:
-            self._shared_cdm.close()
+            if self._shared_cdm is not None:
+                self._shared_cdm.close()
+            self._engines.close()
         return not stuck
 
     # ----------------------------------------------------------------------- worker side
@@ -322,13 +381,24 @@ class TaskRunner:
             return
         log.info("task %s: running %s (attempt %d)", task.task_id, task.analysis, attempt)
         self._progress(handle, TaskStage.VALIDATING, 0.0)
+        engine: IbisCdm | None = None
         try:
             analysis, params, min_cell_count = self._validate(task, policy)
+            engine = self._engine_for(handle)
+            guard = _AccountedGuard(
+                NodeReleaseGuard(task.permit, task.requested_by, min_cell_count)
+            )
             context = ComputeContext(
-                cdm=TaskCdm.of(self._cdm, handle.guard, self._shared_cdm),
+                cdm=(
+                    TaskCdm.of(self._cdm, handle.guard, self._shared_cdm)
+                    if self._cdm is not None
+                    else None
+                ),
                 min_cell_count=min_cell_count,
                 cancelled=handle.cancelled,
                 report=lambda stage, fraction: self._progress(handle, stage, fraction),
+                engine=engine,
+                release_guard=guard,
             )
             released = analysis.compute(params, context)
             with handle.lock:
@@ -337,10 +407,60 @@ class TaskRunner:
             payload = canonical_json(released)
         except _Refusal as refusal:
             self._finish(handle, refusal.code)
+        except DisclosureRefusedError as refusal:
+            self._refused(handle, refusal)
         except Exception as exc:
             self._failed(handle, exc)
         else:
+            self._count_suppressed(task, released)
+            if engine is not None and engine.is_open:
+                # Rows the analysis brought out of the engine, beside the rows it released: the
+                # first never exceeds the second (tests read this line; it holds no data).
+                log.info(
+                    "task %s: rows collected from the engine: %d by the analysis, %d by the "
+                    "release guard; %d released",
+                    task.task_id,
+                    engine.rows_collected - guard.rows_collected,
+                    guard.rows_collected,
+                    released_rows(released),
+                )
             self._finish(handle, None, payload)
+        finally:
+            if engine is not None:
+                self._close_engine(task, engine)
+
+    def _engine_for(self, handle: _Handle) -> IbisCdm:
+        """The task's engine (opened on first use), known to ``handle`` for interrupts."""
+        engine = self._engines.task_engine()
+        with handle.lock:
+            handle.engine = engine
+            stopped = handle.cancelled.is_set()
+        if stopped:  # stopped before the engine existed: it never opens
+            engine.interrupt()
+        return engine
+
+    def _close_engine(self, task: StoredTask, engine: IbisCdm) -> None:
+        try:
+            engine.close()
+        except Exception as exc:
+            log.warning("task %s: closing its engine failed (%s)", task.task_id, type(exc).__name__)
+
+    def _count_suppressed(self, task: StoredTask, released: JsonObject) -> None:
+        self._metrics.cells_suppressed(task.analysis, suppressed_cells(released))
+
+    def _refused(self, handle: _Handle, refusal: DisclosureRefusedError) -> None:
+        """The analysis refused to release: the rule and its threshold leave, nothing else."""
+        task = handle.task
+        with handle.lock:
+            reason = handle.reason
+        if reason is not None:  # cancelled meanwhile: that is how it ended
+            self._finish(handle, reason)
+            return
+        log.info(
+            "task %s: %s refused by disclosure rule %s", task.task_id, task.analysis, refusal.rule
+        )
+        self._metrics.disclosure_refused(task.analysis, refusal.rule)
+        self._finish(handle, ErrorCode.DISCLOSURE_REFUSED, message=disclosure_message(refusal))
 
     def _progress(self, handle: _Handle, stage: TaskStage, fraction: float) -> None:
         """Send ``stage`` now if the task has run long enough and the last message is old
@@ -425,8 +545,16 @@ class TaskRunner:
             )
             self._finish(handle, ErrorCode.INTERNAL)
 
-    def _finish(self, handle: _Handle, code: ErrorCode | None, payload: bytes = b"") -> None:
-        """Record the end of a task exactly once, then tell the agent."""
+    def _finish(
+        self,
+        handle: _Handle,
+        code: ErrorCode | None,
+        payload: bytes = b"",
+        *,
+        message: str | None = None,
+    ) -> None:
+        """Record the end of a task exactly once, then tell the agent. ``message`` replaces the
+        code's fixed text (only a disclosure refusal has one: rule and threshold)."""
         task = handle.task
         with handle.lock:
             if handle.done:
@@ -452,7 +580,7 @@ class TaskRunner:
                     digest.hex(),
                 )
             else:
-                self._state.end_with_outcome(task.task_id, code, OUTCOME_MESSAGES[code])
+                self._state.end_with_outcome(task.task_id, code, message or OUTCOME_MESSAGES[code])
                 log.info("task %s: ended with %s", task.task_id, code.name)
         except Exception:
             # Not recorded: the task stays queued/running and runs again at the next start.
@@ -467,4 +595,7 @@ class TaskRunner:
                 self._events.progress(task.task_id, TaskStage.UPLOADING, 1.0)
             self._events.result_ready(task.task_id, payload, RESULT_CONTENT_TYPE)
         else:
-            self._events.ended(outcome(task.task_id, code))
+            ended = outcome(task.task_id, code)
+            if message is not None:
+                ended = TaskOutcome(task_id=task.task_id, error_code=code, message=message)
+            self._events.ended(ended)

@@ -55,8 +55,11 @@ class StoredTask:
     deadline: datetime
     min_cell_count: int
     permit: str
+    requested_by: str
     status: TaskStatus
     error_code: ErrorCode | None
+    # The outcome's text as sent (a disclosure refusal names its rule): sent again as is.
+    message: str | None
     outcome_reported: bool
     attempts: int
     received_at: datetime
@@ -71,8 +74,10 @@ class StoredTask:
             deadline=row.deadline,
             min_cell_count=row.min_cell_count,
             permit=row.permit,
+            requested_by=row.requested_by,
             status=TaskStatus(row.status),
             error_code=None if row.error_code is None else ErrorCode(row.error_code),
+            message=row.message,
             outcome_reported=row.outcome_reported,
             attempts=row.attempts,
             received_at=row.received_at,
@@ -212,6 +217,7 @@ class NodeState:
                 deadline=assignment.deadline,
                 min_cell_count=assignment.min_cell_count,
                 permit=assignment.data_permit_id,
+                requested_by=assignment.requested_by,
                 status=TaskStatus.QUEUED.value,
                 outcome_reported=False,
                 attempts=0,

@@ -74,6 +74,9 @@ class TaskRow(Base):
     deadline: Mapped[datetime] = mapped_column(UtcDateTime)
     min_cell_count: Mapped[int] = mapped_column(sa.Integer)
     permit: Mapped[str] = mapped_column(sa.String(200), default="")
+    # The researcher who submitted the study (protocol 1.2; "" from an older coordinator): the
+    # differencing guard remembers releases per permit and researcher.
+    requested_by: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     # ErrorCode value when status is ``outcome``.
     error_code: Mapped[int | None] = mapped_column(sa.Integer)

@@ -202,6 +202,9 @@ class TaskAssignment:
     deadline: datetime
     min_cell_count: int
     data_permit_id: str = ""
+    # Protocol 1.2: the researcher who submitted the study, for the node's differencing guard.
+    # Empty from a 1.1 coordinator, and never sent to a 1.1 node.
+    requested_by: str = ""
 
 
 @dataclass(frozen=True)

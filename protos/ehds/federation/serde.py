@@ -295,6 +295,7 @@ def encode_coordinator_message(m: model.CoordinatorMessage) -> node_link_pb2.Coo
                     deadline=encode_timestamp(m.deadline),
                     min_cell_count=m.min_cell_count,
                     data_permit_id=m.data_permit_id,
+                    requested_by=m.requested_by,
                 )
             )
         case model.CancelTask():
@@ -337,6 +338,7 @@ def decode_coordinator_message(
                 deadline=decode_timestamp(task.deadline),
                 min_cell_count=task.min_cell_count,
                 data_permit_id=task.data_permit_id,
+                requested_by=task.requested_by,
             )
         case "cancel_task":
             return model.CancelTask(task_id=pb.cancel_task.task_id, reason=pb.cancel_task.reason)

@@ -12,6 +12,7 @@ generated code, so that a test can run a node that speaks the previous minor ver
 History:
     1.0  first release
     1.1  Welcome.coordinator_time (clock-skew warning at the node)
+    1.2  TaskAssignment.requested_by (the node's differencing guard keys on the researcher)
 """
 
 from __future__ import annotations
@@ -19,5 +20,5 @@ from __future__ import annotations
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 1
+PROTOCOL_MINOR: Final = 2
 PROTOCOL_VERSION: Final[tuple[int, int]] = (PROTOCOL_MAJOR, PROTOCOL_MINOR)

@@ -85,6 +85,7 @@ def assignment(task: TaskRow, study: StudyRow) -> TaskAssignment:
         deadline=study.deadline_at,
         min_cell_count=study.min_cell_count,
         data_permit_id=study.data_permit_id,
+        requested_by=study.submitted_by,
     )
 
 

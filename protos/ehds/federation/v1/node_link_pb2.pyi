@@ -349,6 +349,7 @@ class TaskAssignment(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     MIN_CELL_COUNT_FIELD_NUMBER: _builtins.int
     DATA_PERMIT_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Unique per (study, node); the key of every later message about this task."""
     study_id: _builtins.str
@@ -365,6 +366,12 @@ class TaskAssignment(_message.Message):
     data_permit_id: _builtins.str
     """Identifier of the EHDS data permit under which the study runs; the node checks it against
     its own records and refuses with ERROR_CODE_PERMIT_REFUSED if it does not cover the task.
+    """
+    requested_by: _builtins.str
+    """Since 1.2: the researcher who submitted the study (the coordinator's authenticated name of
+    the submitter). The node's differencing guard remembers what it released per permit and
+    researcher, so that one researcher cannot learn about a few persons by subtracting two of
+    their results. Empty from a 1.1 coordinator (the node then keys on the permit alone).
     """
     @_builtins.property
     def analysis(self) -> _common_pb2.AnalysisRef: ...
@@ -384,10 +391,11 @@ class TaskAssignment(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         min_cell_count: _builtins.int = ...,
         data_permit_id: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "data_permit_id", b"data_permit_id", "deadline", b"deadline", "min_cell_count", b"min_cell_count", "parameters", b"parameters", "study_id", b"study_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "data_permit_id", b"data_permit_id", "deadline", b"deadline", "min_cell_count", b"min_cell_count", "parameters", b"parameters", "requested_by", b"requested_by", "study_id", b"study_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
