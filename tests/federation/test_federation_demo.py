@@ -59,11 +59,13 @@ def test_demo_runs_a_three_country_federation_and_stops_every_process(tmp_path: 
         for c in ("fr", "fi", "dk")
     }
     assert len(subjects) == 3
-    # A progress line while waiting, then per-node and pooled results.
+    # A progress line while waiting, then per-node and pooled results of the three studies.
     assert re.search(r"completed\s+3/3 nodes ended", out), out
-    header = next(line for line in out.splitlines() if line.startswith("sex"))
-    assert header.split() == ["sex", "age", "band", "node-dk", "node-fi", "node-fr", "pooled"]
-    assert "FEMALE" in out
-    assert "MALE" in out
+    for title in ("persons by sex and age band", "characterization", "incidence per 1,000"):
+        assert f"== Type 2 diabetes: {title}" in out, out
+    for place in ("node-dk", "node-fi", "node-fr", "pooled"):
+        assert re.search(rf"^{place}\s+cohort_name", out, re.MULTILINE), (place, out)
+    assert "incidence_1000_pys" in out
+    assert re.search(r"^pooled\s+cohort_name.*number subjects\s+count\s+[0-9,]+", out, re.M), out
     assert "no process left" in out
     assert _processes_mentioning(str(workdir)) == []

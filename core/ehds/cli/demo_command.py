@@ -49,49 +49,116 @@ def _progress_line(study: Any) -> str:
     return f"  {study.state.name.lower():<11} {ended}/{len(study.nodes)} nodes ended  {states}"
 
 
-def render_person_count(document: dict[str, Any]) -> str:
-    """Per-node and pooled counts side by side, one row per sex and age band."""
-    nodes = [entry for entry in document["nodes"] if entry.get("result") is not None]
-    names = [entry["node"] for entry in nodes]
-    per_node: dict[str, dict[tuple[str, str], Any]] = {
-        entry["node"]: {(c["sex"], c["age_band"]): c for c in entry["result"]["cells"]}
-        for entry in nodes
-    }
-    header = ["sex", "age band", *names, "pooled"]
-    rows: list[list[str]] = []
-    for cell in document["pooled"]["cells"]:
-        key = (cell["sex"], cell["age_band"])
-        row = [cell["sex"], cell["age_band"]]
-        for name in names:
-            node_cell = per_node[name].get(key)
-            row.append(
-                "<suppressed>"
-                if node_cell is None or node_cell["count"] is None
-                else f"{node_cell['count']:,}"
+DEMO_ANALYSES = (
+    ("counts", "1.0.0"),
+    ("characterization", "1.0.0"),
+    ("incidence", "1.0.0"),
+)
+"""What the demo nodes' policies allow, and the studies the demo researcher runs."""
+
+DEMO_COHORT: dict[str, Any] = {
+    "name": "type 2 diabetes",
+    "yaml": {
+        "concept_sets": {
+            "type 2 diabetes": {"include": [{"concept": 201826, "descendants": True}]},
+        },
+        "entry": {
+            "events": [{"condition": "type 2 diabetes"}],
+            "first_occurrence": True,
+            "prior_observation_days": 365,
+        },
+        "demographics": {"age": {"min": 18}},
+    },
+}
+"""Adults with a first diagnosis of type 2 diabetes after a year of observation (the demo's
+cohort; the same definition as YAML is in the workdir's ``cohort-type2-diabetes.yaml``)."""
+
+
+def demo_studies() -> list[tuple[str, str, dict[str, Any]]]:
+    """(title, analysis, parameters) of the three studies the demo submits."""
+    return [
+        (
+            "Type 2 diabetes: persons by sex and age band",
+            "counts",
+            {"cohort": DEMO_COHORT, "strata": ["sex", "age_band"]},
+        ),
+        (
+            "Type 2 diabetes: characterization",
+            "characterization",
+            {
+                "cohort": DEMO_COHORT,
+                "top_n": 5,
+                "domains": ["condition_occurrence", "drug_exposure"],
+            },
+        ),
+        (
+            "Type 2 diabetes: incidence per 1,000 person-years, 2015-2023",
+            "incidence",
+            {
+                "outcome": {
+                    "name": "type 2 diabetes (any age)",
+                    "yaml": {k: v for k, v in DEMO_COHORT["yaml"].items() if k != "demographics"},
+                },
+                "start": "2015-01-01",
+                "end": "2023-12-31",
+                "washout_days": 365,
+            },
+        ),
+    ]
+
+
+def _shown(analysis: str, row: Any) -> bool:
+    """The rows the demo prints of each result (the full long table is one command away)."""
+    if analysis == "counts":
+        return bool(row.variable_name == "number subjects")
+    if analysis == "characterization":
+        return row.estimate_name in ("count", "percentage", "mean") and (
+            row.variable_name in ("number subjects", "sex", "age")
+            or (row.cdm_name == "pooled" and row.estimate_name == "percentage")
+        )
+    if analysis == "incidence":
+        return bool(
+            row.strata_name in ("overall", "calendar_year")
+            and row.estimate_name
+            in (
+                "events",
+                "incidence_1000_pys",
+                "incidence_1000_pys_ci_lower",
+                "incidence_1000_pys_ci_upper",
             )
-        pooled = f"{cell['count']:,}"
-        row.append(pooled if cell.get("complete", True) else f"{pooled}+ (incomplete)")
-        rows.append(row)
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [v.rjust(w) for v, w in zip(row[2:], widths[2:], strict=True)]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+            and row.cdm_name == "pooled"
+        )
+    return True
+
+
+def render_summarised(analysis: str, document: dict[str, Any]) -> str:
+    """The demo's excerpt of a summarised result: what a researcher looks at first."""
+    from ehds.analyses import results
+
+    rows = [row for row in results.document_rows(document) if _shown(analysis, row)]
+    pooled = document.get("pooled") or {}
+    return results.render(rows, pooled.get("suppressed_cells"))
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
     from ehds.cli.local_federation import prepare, running
     from ehds.coordinator.client import CoordinatorClient
     from ehds.coordinator.client_config import load_client_config
-    from ehds.coordinator.study_file import load_study_file
+    from ehds.federation.model import AnalysisRef, StudySpec
 
     root: Path = args.workdir.resolve() / "federation"
     started = time.monotonic()
     _say(f"[1/5] federation files under {root}")
-    federation = prepare(root, DEMO_COUNTRIES, persons=args.persons, seed=args.seed)
+    federation = prepare(
+        root, DEMO_COUNTRIES, persons=args.persons, seed=args.seed, analyses=DEMO_ANALYSES
+    )
+    (root / "cohort-type2-diabetes.yaml").write_text(
+        yaml.safe_dump(DEMO_COHORT["yaml"], sort_keys=False), encoding="utf-8"
+    )
     _say(f"      CA, certificates for coordinator, {', '.join(federation.nodes)}, researcher")
     _say(f"      a synthetic OMOP CDM per node ({args.persons:,} persons each, DuckDB)")
     with running(federation, nodes=False):
@@ -108,19 +175,20 @@ def _demo(args: argparse.Namespace) -> int:
         )
         _say(f"[3/5] connected (identity from each node's certificate): {', '.join(connected)}")
 
-        study_path = root / "study.yaml"
-        study_path.write_text(
-            "title: Persons by sex and age band\n"
-            "analysis: {name: person_count, version: 1.0.0}\n"
-            "parameters: {age_band_edges: [0, 18, 45, 65], reference_year: 2025}\n"
-            f"min_nodes: {len(federation.nodes)}\n"
-            "deadline_seconds: 300\n",
-            encoding="utf-8",
-        )
-        spec = load_study_file(study_path)
+        documents: list[tuple[str, str, dict[str, Any]]] = []
         with CoordinatorClient(load_client_config(federation.researcher_config)) as client:
-            study = client.submit(spec)
-            _say(f"[4/5] study {study.id} submitted by demo-researcher")
+            submitted = []
+            for title, analysis, parameters in demo_studies():
+                spec = StudySpec(
+                    title=title,
+                    analysis=AnalysisRef(analysis, "1.0.0"),
+                    parameters=json.dumps(parameters, sort_keys=True).encode(),
+                    min_nodes=len(federation.nodes),
+                    deadline_seconds=int(STUDY_TIMEOUT_S),
+                )
+                study = client.submit(spec)
+                submitted.append((title, analysis, study.id))
+                _say(f"[4/5] study {study.id} submitted by demo-researcher: {title}")
             last = ""
 
             def show(snapshot: Any) -> None:
@@ -130,18 +198,20 @@ def _demo(args: argparse.Namespace) -> int:
                     _say(line)
                     last = line
 
-            final = client.wait(study.id, timeout=STUDY_TIMEOUT_S, progress=show)
-            if final.state.name != "COMPLETED":
-                _say(f"study ended {final.state.name}: {final.state_reason}")
-                return 1
-            document = client.results(study.id)
-        _say("[5/5] results: persons by sex and age band (cells under 10 suppressed at source)")
-        for entry in document["nodes"]:
-            _say(
-                f"      {entry['node']}: {entry['state'].lower()}, vocabulary "
-                f"{entry['vocabulary_version'] or 'unknown'}"
-            )
-        _say(render_person_count(document))
+            for title, analysis, study_id in submitted:
+                final = client.wait(study_id, timeout=STUDY_TIMEOUT_S, progress=show)
+                if final.state.name != "COMPLETED":
+                    _say(f"study {study_id} ended {final.state.name}: {final.state_reason}")
+                    return 1
+                documents.append((title, analysis, client.results(study_id)))
+        _say("[5/5] results (cells under 10 suppressed at each node before release)")
+        for title, analysis, document in documents:
+            _say(f"\n== {title} (study {document.get('study_id', '')})")
+            _say(render_summarised(analysis, document).rstrip())
+        _say(
+            "\nfull long tables: ehds study results STUDY_ID --format table|csv|parquet "
+            f"--config {federation.researcher_config}"
+        )
     left = federation.running_pids()
     if left:
         print(f"ehds demo: processes still running: {left}", file=sys.stderr)
