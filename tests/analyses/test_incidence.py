@@ -366,6 +366,28 @@ def test_prevalence_suppression_rules() -> None:
     assert rows[("2020 &&& MALE &&& 0+", "outcome_count")].suppressed
 
 
+def test_prevalence_hides_a_small_group_without_the_outcome() -> None:
+    """40 of 42 with the outcome would tell that 2 persons are without it: the cases are
+    suppressed, the denominator stays."""
+    params = PrevalenceParameters.model_validate(
+        {
+            "outcome": cohort_yaml("t2dm", T2DM),
+            "start": "2020-01-01",
+            "end": "2020-12-31",
+            "age_band_edges": [0],
+        }
+    )
+    grouped = [
+        {"year": 2020, "sex": "FEMALE", "age_band": "0+", "denominator": 42, "outcome": 40},
+        {"year": 2020, "sex": "MALE", "age_band": "0+", "denominator": 42, "outcome": 42},
+    ]
+    rows = {(r.strata_level, r.estimate_name): r for r in prevalence_release(params, grouped, 5)}
+    assert rows[("2020 &&& FEMALE &&& 0+", "denominator_count")].estimate_value == 42
+    assert rows[("2020 &&& FEMALE &&& 0+", "outcome_count")].suppressed
+    # Everybody with the outcome: the group without it is empty, which identifies nobody.
+    assert rows[("2020 &&& MALE &&& 0+", "outcome_count")].estimate_value == 42
+
+
 def test_pooled_values_from_a_suppressed_node_cell_are_flagged() -> None:
     analysis = Incidence()
     params = incidence_params(start="2020-01-01", end="2020-12-31", age_band_edges=[0])

@@ -173,13 +173,16 @@ def release_rows(
     table = {cell: found.get(cell, (0, 0)) for cell in grid}
     small_cells = suppress({cell: v[0] for cell, v in table.items()}, threshold)
     small_cases = suppress({cell: v[1] for cell, v in table.items()}, threshold)
+    # The persons without the outcome are a cell too (denominator minus cases): "all but 2
+    # persons have the condition" discloses those 2 as surely as a released 2 would.
+    small_rest = suppress({cell: v[0] - v[1] for cell, v in table.items()}, threshold)
     group = group_of(params)
     rows: list[results.Row] = []
     for cell in grid:
         total, cases = table[cell]
         for name, value, hide in (
             (DENOMINATOR, total, cell in small_cells),
-            (OUTCOME, cases, cell in small_cells or cell in small_cases),
+            (OUTCOME, cases, cell in small_cells or cell in small_cases or cell in small_rest),
         ):
             rows.append(
                 results.make_row(
