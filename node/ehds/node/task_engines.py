@@ -13,12 +13,15 @@ Every task's engine is opened on its first use, so a task that reads no data ope
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
 from ehds.analyses.engine import IbisCdm, SharedDuckDb, open_postgres
 from ehds.node.config import EngineName, NodeConfig
 from ehds.omop.database import CdmDatabase
+
+log = logging.getLogger(__name__)
 
 
 class TaskEngines(Protocol):
@@ -78,6 +81,16 @@ class _SparkEngines:
                 schemas=(schemas.cdm, schemas.vocab, schemas.results),
             )
         )
+        # Start the JVM now, before the node opens any gRPC channel: PySpark launches it with
+        # fork(), and a fork while gRPC's threads run can leave the child broken (the gateway
+        # then exits before sending its port). Also spares the first task Spark's start-up.
+        try:
+            self._shared.session()
+        except Exception as exc:  # the first task tries again, and reports CDM_UNAVAILABLE
+            log.warning(
+                "Spark did not start with the node (%s); retrying at the first task",
+                type(exc).__name__,
+            )
 
     def task_engine(self) -> IbisCdm:
         return self._shared.task_engine()
