@@ -42,23 +42,20 @@ import ibis.expr.types as ir
 from pydantic import Field, model_validator
 
 from ehds.analyses import results
+from ehds.analyses.age_bands import AgeBandEdges, band_labels, default_edges
 from ehds.analyses.base import Analysis, AnalysisParameters, ComputeContext, JsonObject
 from ehds.analyses.cohorts import CohortSpec
 from ehds.analyses.counts import (
-    SEXES,
     SUBJECTS,
-    AgeBandEdges,
     band_index,
-    band_labels,
     classified_entries,
     cohort_entries,
-    default_edges,
     first_entry_flag,
     group_of,
     population_fingerprint,
-    validated_results,
 )
 from ehds.analyses.disclosure import suppress
+from ehds.analyses.person_count import SEXES
 from ehds.federation.model import TaskStage
 
 if TYPE_CHECKING:
@@ -329,7 +326,7 @@ class Characterization(Analysis[CharacterizationParameters]):
     def aggregate(
         self, params: CharacterizationParameters, node_results: Mapping[str, JsonObject]
     ) -> JsonObject:
-        released = validated_results(self.ref(), node_results)
+        released = results.validated_results(self.ref(), node_results)
         pooled = results.pool_additive(
             released,
             select=lambda row: row.variable_name not in params.domains,

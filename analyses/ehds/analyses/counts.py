@@ -39,29 +39,23 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import ibis
 import ibis.expr.types as ir
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from ehds.analyses import cohorts, results
+from ehds.analyses.age_bands import AgeBandEdges, band_labels, default_edges
 from ehds.analyses.base import Analysis, AnalysisParameters, ComputeContext, JsonObject
 from ehds.analyses.cohorts import CohortSpec
 from ehds.analyses.disclosure import suppress
+from ehds.analyses.person_count import FEMALE_CONCEPT_ID, MALE_CONCEPT_ID, SEXES
 from ehds.federation.model import TaskStage
 
 if TYPE_CHECKING:
     from ehds.analyses.engine import IbisCdm
 
-MALE_CONCEPT_ID: Final = 8507
-FEMALE_CONCEPT_ID: Final = 8532
-SEXES: Final = ("FEMALE", "MALE", "OTHER/UNKNOWN")
-"""Sex levels in output order; OMOP's other gender concepts are pooled into the last one (alone,
-each is usually a small cell that suppression would hide at every node)."""
-
-MAX_AGE: Final = 150
-MAX_EDGES: Final = 32
 MAX_YEARS: Final = 100
 
 Stratum = Literal["sex", "age_band", "calendar_year"]
@@ -77,33 +71,6 @@ SEPARATOR: Final = " &&& "
 OVERALL: Final = "overall"
 SUBJECTS: Final = "number subjects"
 RECORDS: Final = "number records"
-
-
-def _check_edges(edges: list[int]) -> list[int]:
-    if edges[0] != 0:
-        raise ValueError("must start at 0")
-    if any(b <= a for a, b in itertools.pairwise(edges)):
-        raise ValueError("must be strictly increasing")
-    if edges[-1] > MAX_AGE:
-        raise ValueError(f"edges must be at most {MAX_AGE}")
-    return edges
-
-
-AgeBandEdges = Annotated[
-    list[int], Field(min_length=1, max_length=MAX_EDGES), AfterValidator(_check_edges)
-]
-"""Age bands ``[edge_i, edge_{i+1})`` and a last open band ``edge_k+``; the first edge is 0."""
-
-
-def default_edges() -> list[int]:
-    return [0, 18, 45, 65]
-
-
-def band_labels(edges: Sequence[int]) -> list[str]:
-    """``["0-17", "18-44", "45-64", "65+"]`` for edges ``[0, 18, 45, 65]``."""
-    labels = [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-    labels.append(f"{edges[-1]}+")
-    return labels
 
 
 def sex_index(gender_concept_id: ir.IntegerValue) -> ir.IntegerValue:
@@ -417,7 +384,7 @@ class Counts(Analysis[CountsParameters]):
         self, params: CountsParameters, node_results: Mapping[str, JsonObject]
     ) -> JsonObject:
         expected = _row_keys(params)
-        released = validated_results(self.ref(), node_results)
+        released = results.validated_results(self.ref(), node_results)
         for node, result in released.items():
             if [row.key() for row in result.rows] != expected:
                 raise results.InvalidNodeResultError(
@@ -442,14 +409,3 @@ def _row_keys(params: CountsParameters) -> list[results.RowKey]:
             for variable in (SUBJECTS, RECORDS)
         )
     return keys
-
-
-def validated_results(
-    analysis: object, node_results: Mapping[str, JsonObject]
-) -> dict[str, results.SummarisedResult]:
-    """Every node's result checked for shape and disclosure (`results.validate_node_result`),
-    by node name in order."""
-    return {
-        node: results.validate_node_result(analysis, node, node_results[node])
-        for node in sorted(node_results)
-    }

@@ -64,7 +64,6 @@ from ehds.analyses.person_time import (
     observed_intervals,
     population_fingerprint,
     strata_grid,
-    validated_results,
     with_person_strata,
     years_table,
 )
@@ -404,7 +403,7 @@ class Incidence(Analysis[IncidenceParameters]):
     def aggregate(
         self, params: IncidenceParameters, node_results: Mapping[str, JsonObject]
     ) -> JsonObject:
-        released = validated_results(self.ref(), node_results)
+        released = results.validated_results(self.ref(), node_results)
         check_keys(self.ref(), released, expected_keys(params))
         rows: list[results.Row] = []
         for node, result in released.items():

@@ -53,7 +53,6 @@ from ehds.analyses.person_time import (
     add_days,
     cohort_table,
     population_fingerprint,
-    validated_results,
 )
 from ehds.federation.model import TaskStage
 
@@ -418,7 +417,7 @@ class NumericSummary(Analysis[NumericSummaryParameters]):
     def aggregate(
         self, params: NumericSummaryParameters, node_results: Mapping[str, JsonObject]
     ) -> JsonObject:
-        released = validated_results(self.ref(), node_results)
+        released = results.validated_results(self.ref(), node_results)
         for node, result in released.items():
             self._check_shape(params, node, result)
         rows: list[results.Row] = []

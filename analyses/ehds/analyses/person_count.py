@@ -30,7 +30,6 @@ to a ``GROUP BY`` over the pooled rows.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -38,6 +37,7 @@ import ibis
 import ibis.expr.types as ir
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ehds.analyses.age_bands import MAX_EDGES, band_labels, check_age_edges
 from ehds.analyses.base import (
     Analysis,
     AnalysisParameters,
@@ -57,9 +57,6 @@ SEXES: Final = ("FEMALE", "MALE", "OTHER/UNKNOWN")
 matching concept, local codes) are pooled into one category: alone, each is usually a small
 cell that suppression would hide at every node."""
 
-MAX_AGE: Final = 150
-MAX_EDGES: Final = 32
-
 
 class PersonCountParameters(AnalysisParameters):
     """Age bands ``[edge_i, edge_{i+1})`` and a last open band ``edge_k+``."""
@@ -72,20 +69,11 @@ class PersonCountParameters(AnalysisParameters):
     @field_validator("age_band_edges")
     @classmethod
     def _edges(cls, edges: list[int]) -> list[int]:
-        if edges[0] != 0:
-            raise ValueError("must start at 0")
-        if any(b <= a for a, b in itertools.pairwise(edges)):
-            raise ValueError("must be strictly increasing")
-        if edges[-1] > MAX_AGE:
-            raise ValueError(f"edges must be at most {MAX_AGE}")
-        return edges
+        return check_age_edges(edges)
 
     def band_labels(self) -> list[str]:
         """``["0-17", "18-44", "45-64", "65+"]`` for the default edges."""
-        edges = self.age_band_edges
-        labels = [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-        labels.append(f"{edges[-1]}+")
-        return labels
+        return band_labels(self.age_band_edges)
 
 
 class InvalidNodeResultError(InputError):

@@ -19,7 +19,6 @@ Conventions (the unit tests' independent reference follows them, and so must a r
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
@@ -30,13 +29,12 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from ehds.analyses import cohorts, results
-from ehds.analyses.base import AnalysisParameters, JsonObject, canonical_json
+from ehds.analyses.age_bands import band_labels, check_age_edges
+from ehds.analyses.base import AnalysisParameters, canonical_json
 from ehds.analyses.cohorts import CohortSpec
 from ehds.analyses.engine import IbisCdm
 from ehds.analyses.person_count import FEMALE_CONCEPT_ID, MALE_CONCEPT_ID, SEXES
 
-MAX_AGE: Final = 150
-MAX_AGE_EDGES: Final = 32
 MAX_STUDY_YEARS: Final = 100
 DAYS_PER_YEAR: Final = 365.25
 
@@ -51,26 +49,6 @@ __all__ = [
     "study_years",
     "years_table",
 ]
-
-
-def check_age_edges(edges: list[int]) -> list[int]:
-    """Validator of an ``age_band_edges`` parameter: starts at 0, strictly increasing."""
-    if not edges or len(edges) > MAX_AGE_EDGES:
-        raise ValueError(f"must hold 1 to {MAX_AGE_EDGES} edges")
-    if edges[0] != 0:
-        raise ValueError("must start at 0")
-    if any(b <= a for a, b in itertools.pairwise(edges)):
-        raise ValueError("must be strictly increasing")
-    if edges[-1] > MAX_AGE:
-        raise ValueError(f"edges must be at most {MAX_AGE}")
-    return edges
-
-
-def band_labels(edges: Sequence[int]) -> list[str]:
-    """``["0-17", "18-44", "45-64", "65+"]`` for the edges ``[0, 18, 45, 65]``."""
-    labels = [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)]
-    labels.append(f"{edges[-1]}+")
-    return labels
 
 
 def age_band_label(age: ir.IntegerValue, edges: Sequence[int]) -> ir.StringValue:
@@ -218,16 +196,6 @@ def population_fingerprint(analysis: str, params: AnalysisParameters) -> str:
         if isinstance(value, CohortSpec):
             data[key] = {"cohort": cohorts.fingerprint(value)}
     return hashlib.sha256(canonical_json({"analysis": analysis, **data})).hexdigest()
-
-
-def validated_results(
-    analysis: object, node_results: Mapping[str, JsonObject]
-) -> dict[str, results.SummarisedResult]:
-    """Every node's result checked for shape and disclosure, by node name in order."""
-    return {
-        node: results.validate_node_result(analysis, node, node_results[node])
-        for node in sorted(node_results)
-    }
 
 
 def check_keys(

@@ -51,7 +51,6 @@ from ehds.analyses.person_time import (
     observed_intervals,
     population_fingerprint,
     strata_grid,
-    validated_results,
     with_person_strata,
     years_table,
 )
@@ -319,7 +318,7 @@ class Prevalence(Analysis[PrevalenceParameters]):
     def aggregate(
         self, params: PrevalenceParameters, node_results: Mapping[str, JsonObject]
     ) -> JsonObject:
-        released = validated_results(self.ref(), node_results)
+        released = results.validated_results(self.ref(), node_results)
         check_keys(self.ref(), released, expected_keys(params))
         rows: list[results.Row] = []
         for node, result in released.items():

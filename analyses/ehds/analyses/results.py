@@ -612,6 +612,17 @@ def render(rows: Sequence[Row], suppressed_cells: Mapping[str, int] | None = Non
     return "\n".join(out) + "\n"
 
 
+def validated_results(
+    analysis: object, node_results: Mapping[str, Any]
+) -> dict[str, SummarisedResult]:
+    """Every node's result checked for shape and disclosure (`validate_node_result`), by node
+    name in order."""
+    return {
+        node: validate_node_result(analysis, node, node_results[node])
+        for node in sorted(node_results)
+    }
+
+
 def summarised_document(
     released: Mapping[str, SummarisedResult], rows: Sequence[Row]
 ) -> dict[str, Any]:
