@@ -190,6 +190,7 @@ def _run_analysis(
         parameters=canonical_json(parameters),
         min_nodes=nodes,
         deadline_seconds=int(STUDY_TIMEOUT_S),
+        data_permit_id=federation.permit_id,
     )
     coordinator = federation.processes["coordinator"]
     node_pids = [p.pid for name, p in federation.processes.items() if name != "coordinator"]

@@ -334,15 +334,16 @@ def measure(root: Path, args: argparse.Namespace) -> Figures:
     nodes: int = args.nodes
     ref, parameters = ANALYSES[args.analysis]
     keepalive = (args.keepalive_seconds, args.keepalive_timeout_seconds)
+    names = [f"light-{index + 1:04d}" for index in range(nodes)]
     federation = prepare(
         root / "federation",
         (),
         analyses=[(ref.name, ref.version)],
         heartbeat_interval_seconds=args.heartbeat_seconds,
         keepalive=keepalive,
+        permit_nodes=names,
     )
     (federation.root / "logs").mkdir(exist_ok=True)
-    names = [f"light-{index + 1:04d}" for index in range(nodes)]
     started = time.perf_counter()
     for name in names:
         issue_certificate(federation.pki, Role.NODE, name)
@@ -366,6 +367,7 @@ def measure(root: Path, args: argparse.Namespace) -> Figures:
         parameters=canonical_json(parameters),
         min_nodes=nodes,
         deadline_seconds=int(STUDY_TIMEOUT_S),
+        data_permit_id=federation.permit_id,
     )
     try:
         coordinator = federation.start_coordinator()

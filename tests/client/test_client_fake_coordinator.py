@@ -1,10 +1,10 @@
 """`CoordinatorClient` and `ehds study` / `ehds admin` against a scripted coordinator.
 
 The server is a real grpcio server on 127.0.0.1 with mutual TLS from `ehds.pki`, serving the
-generated StudyApi and AdminApi with canned behaviour: what the client sends, how it maps gRPC
-statuses to typed errors, how it reassembles a result over 4 MiB, and how `watch`/`wait`
-survive a stream that ends early are checked here without the coordinator service. The real
-coordinator end to end is tested with it.
+generated StudyApi, AdminApi, PermitApi and AuditApi with canned behaviour: what the client
+sends, how it maps gRPC statuses to typed errors, how it reassembles a result over 4 MiB, and
+how `watch`/`wait` survive a stream that ends early are checked here without the coordinator
+service. The real coordinator end to end is tested with it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import ClientConfig
 from ehds.coordinator.client_errors import (
     AccessDeniedError,
+    ConflictError,
     CoordinatorUnavailableError,
     ResultDocumentError,
     ResultsNotReadyError,
@@ -53,6 +54,7 @@ from ehds.federation.model import (
     NodeInfo,
     NodeProfile,
     NodeTaskState,
+    PermitInfo,
     ProtocolVersion,
     SoftwareInfo,
     Study,
@@ -64,6 +66,10 @@ from ehds.federation.transport import peer_identity, server_credentials
 from ehds.federation.v1 import (
     admin_api_pb2,
     admin_api_pb2_grpc,
+    audit_api_pb2,
+    audit_api_pb2_grpc,
+    permit_api_pb2,
+    permit_api_pb2_grpc,
     study_api_pb2,
     study_api_pb2_grpc,
 )
@@ -154,6 +160,9 @@ class Script:
     corrupt_digest: bool = False
     cancels: list[tuple[str, str]] = field(default_factory=list)
     revokes: list[tuple[str, str]] = field(default_factory=list)
+    registered: list[bytes] = field(default_factory=list)
+    audit_requests: list[audit_api_pb2.ExportAuditRequest] = field(default_factory=list)
+    audit_batches: list[list[bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -270,6 +279,64 @@ class FakeAdminApi(admin_api_pb2_grpc.AdminApiServicer):
         return admin_api_pb2.RevokeNodeResponse(node=serde.encode_node_info(node))
 
 
+PERMIT = PermitInfo(
+    id="FI-2026-042",
+    issuer="fi-hdab",
+    holders=("alice",),
+    purpose="registry study",
+    nodes=NODES,
+    analyses=("person_count",),
+    valid_from=NOW,
+    valid_until=NOW.replace(year=2026),
+    issued_at=NOW,
+    registered_by="researcher alice",
+    registered_at=NOW,
+    document=b'{"format": "ehds-data-permit/1"}',
+)
+
+
+class FakePermitApi(permit_api_pb2_grpc.PermitApiServicer):
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    def Register(  # noqa: N802
+        self, request: permit_api_pb2.RegisterPermitRequest, context: grpc.ServicerContext
+    ) -> permit_api_pb2.RegisterPermitResponse:
+        if request.document == b"conflict":
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, "permit 'FI-2026-042' is registered")
+        if request.document == b"expired":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "permit.expired: it has expired")
+        self.script.registered.append(request.document)
+        return permit_api_pb2.RegisterPermitResponse(permit=serde.encode_permit(PERMIT))
+
+    def List(  # noqa: N802
+        self, request: permit_api_pb2.ListPermitsRequest, context: grpc.ServicerContext
+    ) -> permit_api_pb2.ListPermitsResponse:
+        return permit_api_pb2.ListPermitsResponse(permits=[serde.encode_permit(PERMIT)])
+
+    def Get(  # noqa: N802
+        self, request: permit_api_pb2.GetPermitRequest, context: grpc.ServicerContext
+    ) -> permit_api_pb2.GetPermitResponse:
+        if request.permit_id != PERMIT.id:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no permit {request.permit_id!r}")
+        return permit_api_pb2.GetPermitResponse(permit=serde.encode_permit(PERMIT))
+
+
+class FakeAuditApi(audit_api_pb2_grpc.AuditApiServicer):
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    def Export(  # noqa: N802
+        self, request: audit_api_pb2.ExportAuditRequest, context: grpc.ServicerContext
+    ) -> Iterator[audit_api_pb2.AuditEntryBatch]:
+        identity = peer_identity(context)
+        if identity is None or identity.role is not Role.AUDITOR:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "AuditApi needs an auditor")
+        self.script.audit_requests.append(request)
+        for batch in self.script.audit_batches:
+            yield audit_api_pb2.AuditEntryBatch(entries=batch)
+
+
 def _node(name: str, *, connected: bool) -> NodeInfo:
     return NodeInfo(
         name=name,
@@ -322,6 +389,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     issue_certificate(pki, Role.COORDINATOR, "coordinator")
     issue_certificate(pki, Role.RESEARCHER, "alice")
     issue_certificate(pki, Role.OPERATOR, "ops")
+    issue_certificate(pki, Role.AUDITOR, "audit")
     return pki
 
 
@@ -331,6 +399,8 @@ def fake(pki: Path) -> Iterator[Fake]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     study_api_pb2_grpc.add_StudyApiServicer_to_server(FakeStudyApi(script), server)
     admin_api_pb2_grpc.add_AdminApiServicer_to_server(FakeAdminApi(script), server)
+    permit_api_pb2_grpc.add_PermitApiServicer_to_server(FakePermitApi(script), server)
+    audit_api_pb2_grpc.add_AuditApiServicer_to_server(FakeAuditApi(script), server)
     issued = pki / "issued"
     credentials = server_credentials(
         TlsFiles(
@@ -408,7 +478,11 @@ def test_watch_yields_each_change_once_and_rides_out_early_stream_ends(fake: Fak
     submitted = _study("st-1", StudyState.DISPATCHED)
     running = _study("st-1", StudyState.RUNNING, *(NodeTaskState.RUNNING,) * 3)
     done = _study(
-        "st-1", StudyState.COMPLETED, NodeTaskState.DONE, NodeTaskState.DONE, NodeTaskState.REFUSED
+        "st-1",
+        StudyState.COMPLETED,
+        NodeTaskState.RELEASED,
+        NodeTaskState.RELEASED,
+        NodeTaskState.REFUSED,
     )
     # The first stream ends before the study does; the second starts with the snapshot seen.
     fake.script.watch_streams = [[submitted, running], [running, done]]
@@ -471,6 +545,40 @@ def test_admin_api_needs_an_operator_certificate(fake: Fake) -> None:
     assert fake.script.revokes == [("fr", "stolen laptop")]
 
 
+def test_permit_calls_and_their_errors(fake: Fake) -> None:
+    with CoordinatorClient(fake.config()) as client:
+        assert client.register_permit(b"a permit") == PERMIT
+        assert client.list_permits() == [PERMIT]
+        assert client.get_permit("FI-2026-042") == PERMIT
+        with pytest.raises(ConflictError, match="register permit: permit 'FI-2026-042'"):
+            client.register_permit(b"conflict")
+        with pytest.raises(StudyRejectedError, match=r"register permit: .*permit\.expired"):
+            client.register_permit(b"expired")
+        with pytest.raises(StudyNotFoundError, match="get permit other: not found"):
+            client.get_permit("other")
+    assert fake.script.registered == [b"a permit"]
+
+
+def test_audit_export_streams_every_line_in_order(fake: Fake) -> None:
+    fake.script.audit_batches = [[b"line 1", b"line 2"], [b"line 3"]]
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    with CoordinatorClient(fake.config("audit")) as client:
+        assert list(client.export_audit()) == [b"line 1", b"line 2", b"line 3"]
+        assert list(client.export_audit(since=since, after_seq=2)) == [
+            b"line 1",
+            b"line 2",
+            b"line 3",
+        ]
+    first, second = fake.script.audit_requests
+    assert not first.HasField("since")
+    assert (serde.decode_timestamp(second.since), second.after_seq) == (since, 2)
+    with (
+        CoordinatorClient(fake.config("alice")) as client,
+        pytest.raises(AccessDeniedError, match="export the audit chain"),
+    ):
+        list(client.export_audit())
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -484,8 +592,8 @@ def test_cli_submit_wait_prints_progress_status_and_results(
             _study(
                 "st-1",
                 StudyState.COMPLETED,
-                NodeTaskState.DONE,
-                NodeTaskState.DONE,
+                NodeTaskState.RELEASED,
+                NodeTaskState.RELEASED,
                 NodeTaskState.REFUSED,
             ),
         ]
@@ -495,7 +603,8 @@ def test_cli_submit_wait_prints_progress_status_and_results(
     study_file.write_text(
         "title: Persons by sex and age band\n"
         "analysis: {name: person_count, version: 1.0.0}\n"
-        "min_nodes: 2\n",
+        "min_nodes: 2\n"
+        "data_permit_id: permit-1\n",
         encoding="utf-8",
     )
     config = fake.config_file(tmp_path)
@@ -509,7 +618,7 @@ def test_cli_submit_wait_prints_progress_status_and_results(
     assert progress == [
         "DISPATCHED  nodes done 0/3  dk:dispatched fi:dispatched fr:dispatched",
         "RUNNING     nodes done 0/3  dk:running(50%) fi:running(50%) fr:running(50%)",
-        "COMPLETED   nodes done 3/3  dk:done fi:done fr:refused",
+        "COMPLETED   nodes done 3/3  dk:released fi:released fr:refused",
     ]
     assert "study st-1: COMPLETED" in out
     assert "fr    REFUSED  POLICY_REFUSED  analysis not allowed by policy" in out

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ehds.coordinator.client_config import ClientConfig, load_client_config
 from ehds.coordinator.config import CoordinatorConfig, load_coordinator_config
 from ehds.coordinator.study_file import StudyFile, load_study_file
+from ehds.core.netconfig import TlsFiles
 from ehds.federation.model import AnalysisRef
 from ehds.node.config import NodeConfig, load_node_config
 from ehds.node.policy import Policy, load_policy
@@ -71,6 +72,11 @@ def test_coordinator_example_loads() -> None:
     assert config.tls.ca == EXAMPLES / "certs" / "ca.pem"
     assert config.state.url == f"sqlite:///{(EXAMPLES / 'coordinator-state.db').resolve()}"
     assert config.revocation.crl == EXAMPLES / "pki" / "crl.pem"
+    (hdab,) = config.permits.hdab_keys
+    assert (hdab.name, hdab.public_key) == ("fi-hdab", EXAMPLES / "keys" / "fi-hdab.pub.pem")
+    assert config.oidc is None  # commented out: certificates only
+    assert config.token_listen is None
+    assert config.retention.days is None
 
 
 def test_node_example_loads_and_its_policy_too() -> None:
@@ -88,7 +94,9 @@ def test_node_example_loads_and_its_policy_too() -> None:
 def test_client_examples_load(file: str) -> None:
     config = load_client_config(EXAMPLES / file)
     assert config.coordinator.address == "coordinator.example.org:50051"
+    assert isinstance(config.tls, TlsFiles)
     assert config.tls.certificate.parent == EXAMPLES / "certs"
+    assert config.token_file is None
 
 
 def test_study_example_loads() -> None:

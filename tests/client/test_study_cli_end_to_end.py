@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ehds.analyses.person_count import PersonCount, PersonCountParameters
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.cli.main import main as cli_main
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
@@ -51,7 +51,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 
 
 def _study_file(folder: Path, name: str, body: str) -> Path:
+    """A study file under the local federation's permit (added unless ``body`` names one)."""
     path = folder / name
+    if "data_permit_id" not in body:
+        body += f"data_permit_id: {PERMIT_ID}\n"
     path.write_text(body, encoding="utf-8")
     return path
 
@@ -182,7 +185,7 @@ def test_coordinator_rejections_and_roles(
     config = str(federation.researcher_config)
     assert cli_main(["study", "--config", config, "submit", str(study)]) == 2
     err = capsys.readouterr().err
-    assert "rejected by the coordinator: spec.target_nodes" in err
+    assert "rejected by the coordinator: spec.data_permit_id: permit.node_not_covered" in err
     assert "node-xx" in err
 
     # A researcher certificate does not open the admin API; an operator's does.

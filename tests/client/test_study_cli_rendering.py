@@ -141,7 +141,7 @@ def _study() -> Study:
         state=StudyState.FAILED,
         state_reason="1 result, fewer than min_nodes 2",
         nodes=(
-            StudyNodeStatus("dk", NodeTaskState.DONE, vocabulary_version="v5.0"),
+            StudyNodeStatus("dk", NodeTaskState.RELEASED, vocabulary_version="v5.0"),
             StudyNodeStatus(
                 "fr", NodeTaskState.REFUSED, ErrorCode.POLICY_REFUSED, "not allowed", "v5.0"
             ),
@@ -164,8 +164,8 @@ def test_status_and_list_and_progress() -> None:
         "  deadline      600 s",
         "  reason        1 result, fewer than min_nodes 2",
     ]
-    assert "fr    REFUSED  POLICY_REFUSED  not allowed  v5.0" in status
-    assert progress_text(_study()) == "FAILED      nodes done 2/2  dk:done fr:refused"
+    assert "fr    REFUSED   POLICY_REFUSED  not allowed  v5.0" in status
+    assert progress_text(_study()) == "FAILED      nodes done 2/2  dk:released fr:refused"
     listing = render_list([_study()]).splitlines()
     assert listing[2].split() == [
         "st-42", "FAILED", "person_count", "1.0.0", "2/2", "2025-03-01", "14:02:07Z", "Persons",

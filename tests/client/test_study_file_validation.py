@@ -30,6 +30,7 @@ parameters:
   age_band_edges: [0, 18, 45, 65]
   reference_year: 2025
 min_nodes: 2
+data_permit_id: FI-2026-042
 """
 
 
@@ -55,7 +56,7 @@ def test_a_good_file_becomes_the_spec(tmp_path: Path) -> None:
     assert spec.parameters == b'{"age_band_edges":[0,18,45,65],"reference_year":2025}'
     assert (spec.min_nodes, spec.deadline_seconds, spec.target_nodes) == (2, 600, ())
     # Left-out parameters take the analysis' defaults, canonically encoded.
-    minimal = "title: t\nanalysis: {name: person_count, version: 1.0.0}\n"
+    minimal = "title: t\nanalysis: {name: person_count, version: 1.0.0}\ndata_permit_id: p\n"
     assert load_study_file(_write(tmp_path, minimal)).parameters == spec.parameters
 
 
@@ -91,7 +92,7 @@ def test_a_good_file_becomes_the_spec(tmp_path: Path) -> None:
             "line 6: parameters.age_band_edges: Value error, must start at 0",
         ),
         # unknown keys, at the top and among the parameters
-        (GOOD + "min_node: 3\n", "line 9: min_node: unknown key"),
+        (GOOD + "min_node: 3\n", "line 10: min_node: unknown key"),
         (
             GOOD.replace("  reference_year: 2025\n", "  reference_year: 2025\n  sex: F\n"),
             "line 8: parameters.sex: unknown key (person_count 1.0.0)",
@@ -111,9 +112,9 @@ def test_a_good_file_becomes_the_spec(tmp_path: Path) -> None:
         ),
         (
             GOOD + "target_nodes: [fr, FR]\n",
-            "line 9: target_nodes: Value error, 'FR' is not a node",
+            "line 10: target_nodes: Value error, 'FR' is not a node",
         ),
-        (GOOD + "target_nodes: [fr, fr]\n", "line 9: target_nodes: Value error, a node is named"),
+        (GOOD + "target_nodes: [fr, fr]\n", "line 10: target_nodes: Value error, a node is named"),
         ("- a list\n", "(top level): Input should be a valid dictionary"),
     ],
 )

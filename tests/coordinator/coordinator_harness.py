@@ -1,6 +1,10 @@
-"""Test harness for the coordinator: certificates from `ehds.pki`, a coordinator in the test's
-own event loop, and raw clients built from the generated stubs (a fake node speaking NodeLink
-message by message, a researcher, an operator).
+"""Test harness for the coordinator: certificates from `ehds.pki`, an HDAB key and data permits
+from `ehds.permits`, a coordinator in the test's own event loop, and raw clients built from the
+generated stubs (a fake node speaking NodeLink message by message, a researcher, an operator,
+an auditor).
+
+`run` registers two permits before the test body runs: ``permit-1`` held by alice and
+``permit-2`` held by bob, both covering the three test nodes and the test analyses.
 
 Every test body runs under `asyncio.run` (pytest-asyncio is not used), every wait is bounded by
 `WAIT_S`, and every channel and server is closed on exit so that no socket outlives its test.
@@ -14,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,19 +28,24 @@ import grpc.aio
 from ehds.analyses.base import canonical_json
 from ehds.coordinator.config import (
     CoordinatorConfig,
+    HdabKeyConfig,
+    PermitsConfig,
     RevocationConfig,
     StateConfig,
     StudyDefaults,
 )
 from ehds.coordinator.server import CoordinatorServer
 from ehds.core.netconfig import Listen, TlsFiles
+from ehds.core.signing import Signer
 from ehds.federation import limits, serde
 from ehds.federation.chunks import split_payload
 from ehds.federation.model import (
     AnalysisRef,
+    AuditRef,
     ErrorCode,
     NodeProfile,
     NodeTaskState,
+    PermitInfo,
     SoftwareInfo,
     Study,
     StudySpec,
@@ -47,12 +57,17 @@ from ehds.federation.transport import client_credentials
 from ehds.federation.v1 import (
     admin_api_pb2,
     admin_api_pb2_grpc,
+    audit_api_pb2,
+    audit_api_pb2_grpc,
     common_pb2,
     node_link_pb2,
     node_link_pb2_grpc,
+    permit_api_pb2,
+    permit_api_pb2_grpc,
     study_api_pb2,
     study_api_pb2_grpc,
 )
+from ehds.permits import Permit, create_hdab_key, issue_permit
 from ehds.pki.authority import init_authority
 from ehds.pki.identity import Role
 from ehds.pki.issue import issue_certificate
@@ -61,6 +76,9 @@ WAIT_S: Final = 5.0
 SLEEP: Final = AnalysisRef("test.sleep", "1.0.0")
 BLOB: Final = AnalysisRef("test.blob", "1.0.0")
 VOCABULARY: Final = "v5.0 TEST"
+HDAB: Final = "test-hdab"
+NODES: Final = ("node-a", "node-b", "node-c")
+TEST_ANALYSES: Final = ("test.sleep", "test.blob")
 
 
 @dataclass(frozen=True)
@@ -82,8 +100,45 @@ class Pki:
         issue_certificate(self.root, role, name)
         return self.tls(name)
 
+    @property
+    def hdab_folder(self) -> Path:
+        return self.root / "hdab"
 
-def make_pki(tmp_path: Path, nodes: Sequence[str] = ("node-a", "node-b", "node-c")) -> Pki:
+    def hdab_public_key(self, name: str = HDAB) -> Path:
+        return self.hdab_folder / f"{name}.pub.pem"
+
+    def permit(
+        self,
+        permit_id: str = "permit-1",
+        *,
+        holders: Sequence[str] = ("alice",),
+        nodes: Sequence[str] = NODES,
+        analyses: Sequence[str] = TEST_ANALYSES,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        issuer: str = HDAB,
+        purpose: str = "testing the coordinator",
+    ) -> bytes:
+        """A permit document signed by the HDAB key ``issuer`` (created on first use)."""
+        key = self.hdab_folder / f"{issuer}.key"
+        if not key.exists():
+            create_hdab_key(self.hdab_folder, issuer)
+        now = datetime.now(UTC)
+        permit = Permit(
+            id=permit_id,
+            issuer=issuer,
+            holders=tuple(holders),
+            purpose=purpose,
+            nodes=tuple(nodes),
+            analyses=tuple(analyses),
+            valid_from=valid_from or now - timedelta(days=1),
+            valid_until=valid_until or now + timedelta(days=365),
+            issued_at=now - timedelta(days=1),
+        )
+        return issue_permit(Signer.from_file(key), permit)
+
+
+def make_pki(tmp_path: Path, nodes: Sequence[str] = NODES) -> Pki:
     pki = Pki(tmp_path / "pki")
     init_authority(pki.root, "test-federation")
     pki.issue(Role.COORDINATOR, "coordinator")
@@ -92,6 +147,8 @@ def make_pki(tmp_path: Path, nodes: Sequence[str] = ("node-a", "node-b", "node-c
     pki.issue(Role.RESEARCHER, "alice")
     pki.issue(Role.RESEARCHER, "bob")
     pki.issue(Role.OPERATOR, "ops")
+    pki.issue(Role.AUDITOR, "audit")
+    create_hdab_key(pki.hdab_folder, HDAB)
     return pki
 
 
@@ -103,6 +160,9 @@ def make_config(tmp_path: Path, pki: Pki, **overrides: Any) -> CoordinatorConfig
         "state": StateConfig(url=f"sqlite:///{tmp_path / 'coordinator-state.db'}"),
         "health": Listen(host="127.0.0.1", port=0),
         "studies": StudyDefaults(deadline_seconds=60),
+        "permits": PermitsConfig(
+            hdab_keys=(HdabKeyConfig(name=HDAB, public_key=pki.hdab_public_key()),)
+        ),
     }
     values.update(overrides)
     return CoordinatorConfig(**values)
@@ -129,6 +189,7 @@ def spec(
     deadline_seconds: int = 30,
     targets: Sequence[str] = (),
     title: str = "a test study",
+    permit: str = "permit-1",
 ) -> StudySpec:
     return StudySpec(
         title=title,
@@ -137,7 +198,7 @@ def spec(
         min_nodes=min_nodes,
         deadline_seconds=deadline_seconds,
         target_nodes=tuple(targets),
-        data_permit_id="permit-1",
+        data_permit_id=permit,
     )
 
 
@@ -225,23 +286,30 @@ class FakeNode:
             return
         raise AssertionError(f"unexpected message {message}")
 
-    async def heartbeat(self, seq: int = 0, in_flight: Sequence[str] = ()) -> None:
-        await self.send(
-            node_link_pb2.NodeMessage(
-                heartbeat=node_link_pb2.Heartbeat(seq=seq, in_flight_task_ids=list(in_flight))
-            )
-        )
+    async def heartbeat(
+        self, seq: int = 0, in_flight: Sequence[str] = (), audit_head: AuditRef | None = None
+    ) -> None:
+        heartbeat = node_link_pb2.Heartbeat(seq=seq, in_flight_task_ids=list(in_flight))
+        if audit_head is not None:
+            heartbeat.audit_head.CopyFrom(serde.encode_audit_ref(audit_head))
+        await self.send(node_link_pb2.NodeMessage(heartbeat=heartbeat))
 
     async def ack(self, task_id: str) -> None:
         await self.send(node_link_pb2.NodeMessage(task_ack=node_link_pb2.TaskAck(task_id=task_id)))
 
-    async def progress(self, task_id: str, fraction: float = 0.5) -> None:
-        await self.send(
-            serde.encode_node_message(TaskProgress(task_id, fraction, TaskStage.COMPUTING))
-        )
+    async def progress(
+        self, task_id: str, fraction: float = 0.5, stage: TaskStage = TaskStage.COMPUTING
+    ) -> None:
+        await self.send(serde.encode_node_message(TaskProgress(task_id, fraction, stage)))
 
-    async def outcome(self, task_id: str, code: ErrorCode, message: str = "fixed text") -> None:
-        await self.send(serde.encode_node_message(TaskOutcome(task_id, code, message)))
+    async def outcome(
+        self,
+        task_id: str,
+        code: ErrorCode,
+        message: str = "fixed text",
+        audit_head: AuditRef | None = None,
+    ) -> None:
+        await self.send(serde.encode_node_message(TaskOutcome(task_id, code, message, audit_head)))
 
     async def result(self, task_id: str, value: dict[str, Any]) -> bytes:
         """Send ``value`` as the task's result (chunked); returns its SHA-256."""
@@ -285,12 +353,44 @@ class FakeNode:
 
 
 class Caller:
-    """A researcher's or operator's StudyApi and AdminApi stubs."""
+    """A researcher's, operator's or auditor's StudyApi, AdminApi, PermitApi and AuditApi
+    stubs (``channel``: another channel than mutual TLS with ``tls``, e.g. a token's)."""
 
-    def __init__(self, address: str, tls: TlsFiles) -> None:
-        self._channel = grpc.aio.secure_channel(address, client_credentials(tls))
+    def __init__(
+        self, address: str, tls: TlsFiles | None, channel: grpc.aio.Channel | None = None
+    ) -> None:
+        if channel is None:
+            assert tls is not None
+            channel = grpc.aio.secure_channel(address, client_credentials(tls))
+        self._channel = channel
         self.studies = study_api_pb2_grpc.StudyApiStub(self._channel)
         self.admin = admin_api_pb2_grpc.AdminApiStub(self._channel)
+        self.permits = permit_api_pb2_grpc.PermitApiStub(self._channel)
+        self.audit = audit_api_pb2_grpc.AuditApiStub(self._channel)
+
+    async def register_permit(self, document: bytes) -> PermitInfo:
+        response = await self.permits.Register(
+            permit_api_pb2.RegisterPermitRequest(document=document), timeout=WAIT_S
+        )
+        return serde.decode_permit(response.permit)
+
+    async def list_permits(self) -> list[PermitInfo]:
+        response = await self.permits.List(permit_api_pb2.ListPermitsRequest(), timeout=WAIT_S)
+        return [serde.decode_permit(pb) for pb in response.permits]
+
+    async def get_permit(self, permit_id: str) -> PermitInfo:
+        response = await self.permits.Get(
+            permit_api_pb2.GetPermitRequest(permit_id=permit_id), timeout=WAIT_S
+        )
+        return serde.decode_permit(response.permit)
+
+    async def export_audit(self, after_seq: int = 0) -> list[bytes]:
+        lines: list[bytes] = []
+        async for batch in self.audit.Export(
+            audit_api_pb2.ExportAuditRequest(after_seq=after_seq), timeout=WAIT_S
+        ):
+            lines.extend(batch.entries)
+        return lines
 
     async def submit(self, study_spec: StudySpec, request_id: str = "") -> Study:
         response = await self.studies.Submit(
@@ -388,12 +488,24 @@ def metric(registry: Any, name: str, labels: dict[str, str] | None = None) -> fl
 Body = Callable[[CoordinatorServer, Pki], Awaitable[None]]
 
 
+async def register_default_permits(server: CoordinatorServer, pki: Pki) -> None:
+    """``permit-1`` held by alice, ``permit-2`` held by bob (registered by the operator)."""
+    ops = Caller(server.address, pki.tls("ops"))
+    try:
+        await ops.register_permit(pki.permit("permit-1", holders=("alice",)))
+        await ops.register_permit(pki.permit("permit-2", holders=("bob",)))
+    finally:
+        await ops.close()
+
+
 def run(tmp_path: Path, body: Body, **config: Any) -> None:
-    """``body`` against a fresh coordinator (``config``: overrides of `make_config`)."""
+    """``body`` against a fresh coordinator (``config``: overrides of `make_config`), with the
+    default permits registered."""
     pki = make_pki(tmp_path)
 
     async def main() -> None:
         async with CoordinatorServer(make_config(tmp_path, pki, **config)) as server:
+            await register_default_permits(server, pki)
             await asyncio.wait_for(body(server, pki), 20)
 
     asyncio.run(main())

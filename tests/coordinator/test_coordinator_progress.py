@@ -51,11 +51,11 @@ def test_progress_overlays_open_tasks_of_their_node_only() -> None:
     assert live.report("n1", "t0", TaskStage.COMPUTING, 0.5, later) is None  # not n1's task
     assert live.report("n0", "t0", TaskStage.COMPUTING, 7.0, later) is not None
     live.report("n1", "t1", TaskStage.COMPUTING, 0.5, later)
-    shown = live.overlay(_study(NodeTaskState.RECEIVED, NodeTaskState.DONE))
+    shown = live.overlay(_study(NodeTaskState.RECEIVED, NodeTaskState.RELEASED))
     assert shown.nodes[0].state is NodeTaskState.RUNNING
     assert shown.nodes[0].fraction == 1.0
     assert shown.nodes[0].stage is TaskStage.COMPUTING
-    assert shown.nodes[1].state is NodeTaskState.DONE  # final: stored state wins
+    assert shown.nodes[1].state is NodeTaskState.RELEASED  # final: stored state wins
     assert shown.updated_at == later
     assert [e.task_id for e in live.dirty()] == ["t0", "t1"]
     live.forget_study("s1")

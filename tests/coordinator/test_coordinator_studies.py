@@ -20,6 +20,7 @@ from coordinator_harness import (
     make_pki,
     metric,
     node_status,
+    register_default_permits,
     rpc_error,
     run,
     spec,
@@ -55,9 +56,11 @@ def test_coordinator_refuses_invalid_specs_naming_the_field(tmp_path: Path) -> N
             (spec(parameters={"seconds": 1, "extra": 2}), "spec.parameters.extra: unknown"),
             (spec(min_nodes=0), "spec.min_nodes: must be at least 1"),
             (spec(min_nodes=3), "spec.min_nodes: 3 is more than the 2 target nodes"),
-            (spec(targets=["node-a", "node-z"]), "spec.target_nodes: never connected"),
+            (spec(targets=["node-a", "node-c"]), "spec.target_nodes: never connected"),
+            (spec(targets=["node-a", "node-z"]), "spec.data_permit_id: permit.node_not_covered"),
             (spec(targets=["node-a", "node-a"]), "spec.target_nodes: 'node-a' is listed twice"),
             (spec(deadline_seconds=10**8), "spec.deadline_seconds: must be between 1 and"),
+            (spec(permit=""), "spec.data_permit_id: permit.missing: "),
         ]
         try:
             for bad, message in cases:
@@ -96,7 +99,7 @@ def test_coordinator_submit_is_idempotent_per_request_id(tmp_path: Path) -> None
             assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert (error.details() or "").startswith("request_id: already used for study")
             # request_ids are per researcher.
-            assert (await bob.submit(spec(), request_id="req-1")).id != first.id
+            assert (await bob.submit(spec(permit="permit-2"), request_id="req-1")).id != first.id
             assert metric(server.metrics.registry, "ehds_coordinator_studies_submitted_total") == 2
         finally:
             await alice.close()
@@ -112,7 +115,7 @@ def test_coordinator_shows_researchers_their_own_studies_newest_first(tmp_path: 
         bob = Caller(server.address, pki.tls("bob"))
         try:
             mine = [(await alice.submit(spec(title=f"study {i}"))).id for i in range(5)]
-            theirs = await bob.submit(spec())
+            theirs = await bob.submit(spec(permit="permit-2"))
             for call in (bob.get(mine[0]), bob.cancel(mine[0]), alice.get(theirs.id)):
                 assert (await rpc_error(call)).code() is grpc.StatusCode.NOT_FOUND
             assert (await rpc_error(alice.get("no-such-study"))).code() is grpc.StatusCode.NOT_FOUND
@@ -281,6 +284,7 @@ def test_coordinator_restarted_on_the_same_state_resumes_a_study(tmp_path: Path)
 
     async def main() -> None:
         async with CoordinatorServer(config) as server:
+            await register_default_permits(server, pki)
             node = FakeNode(server.address, pki.tls("node-a"), "node-a")
             alice = Caller(server.address, pki.tls("alice"))
             await node.open()
@@ -378,6 +382,7 @@ def test_coordinator_stops_promptly_with_streams_and_watches_open(tmp_path: Path
     async def main() -> None:
         server = CoordinatorServer(make_config(tmp_path, pki))
         await server.start()
+        await register_default_permits(server, pki)
         node = FakeNode(server.address, pki.tls("node-a"), "node-a")
         alice = Caller(server.address, pki.tls("alice"))
         try:

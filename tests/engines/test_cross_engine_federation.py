@@ -25,7 +25,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from ehds.cli.demo_command import wait_for_nodes
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, StudySpec, StudyState
@@ -121,6 +121,7 @@ def documents(
                             parameters=json.dumps(parameters).encode(),
                             min_nodes=len(ENGINES),
                             deadline_seconds=WAIT_S,
+                            data_permit_id=PERMIT_ID,
                         )
                     ).id
                     for name, parameters in STUDIES.items()

@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from ehds.cli.demo_command import wait_for_nodes
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, StudySpec, StudyState
@@ -70,6 +70,7 @@ def _study(fed: LocalFederation, name: str, parameters: dict[str, Any]) -> dict[
         parameters=json.dumps(parameters, sort_keys=True, separators=(",", ":")).encode(),
         min_nodes=3,
         deadline_seconds=120,
+        data_permit_id=PERMIT_ID,
     )
     with CoordinatorClient(load_client_config(fed.researcher_config)) as client:
         study = client.submit(spec)

@@ -67,5 +67,18 @@ def test_demo_runs_a_three_country_federation_and_stops_every_process(tmp_path: 
         assert re.search(rf"^{place}\s+cohort_name", out, re.MULTILINE), (place, out)
     assert "incidence_1000_pys" in out
     assert re.search(r"^pooled\s+cohort_name.*number subjects\s+count\s+[0-9,]+", out, re.M), out
+    # Governance: a permit signed by the HDAB, registered; node-fi held its incidence result
+    # until its operator released it; every process's audit chain verifies against the others.
+    assert "demo-permit.json: OK, signed by demo-hdab" in out, out
+    assert "permit demo-permit registered by demo-researcher" in out, out
+    assert re.search(r"node-fi holds study \w+'s result; the coordinator has none yet", out), out
+    assert "release recorded by operator fi-data-steward" in out, out
+    verified = re.findall(r"audit chain (.+?): \d+ entries, head .*anchors checked: OK", out)
+    assert sorted(verified) == [
+        "coordinator coordinator",
+        "node node-dk",
+        "node node-fi",
+        "node node-fr",
+    ], out
     assert "no process left" in out
     assert _processes_mentioning(str(workdir)) == []

@@ -24,7 +24,7 @@ import pytest
 from ehds.analyses.cohorts import drop, make_spec, materialize
 from ehds.analyses.engine import duckdb_session
 from ehds.cli.demo_command import wait_for_nodes
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, ErrorCode, Study, StudySpec, StudyState
@@ -101,6 +101,7 @@ def _submit(client: CoordinatorClient, title: str, cohort: dict[str, Any]) -> St
         parameters=json.dumps({"cohort": cohort}).encode(),
         min_nodes=1,
         deadline_seconds=120,
+        data_permit_id=PERMIT_ID,
     )
     study = client.submit(spec)
     return client.wait(study.id, timeout=120)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, gamma
 
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, StudySpec, StudyState
@@ -111,6 +111,7 @@ def documents(
                         parameters=json.dumps(parameters).encode(),
                         min_nodes=3,
                         deadline_seconds=120,
+                        data_permit_id=PERMIT_ID,
                     )
                 ).id
                 for name, parameters in (

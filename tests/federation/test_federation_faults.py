@@ -19,7 +19,7 @@ from typing import Protocol
 import pytest
 import yaml
 
-from ehds.cli.local_federation import LocalFederation, prepare
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, NodeTaskState, Study, StudySpec, StudyState
@@ -110,6 +110,7 @@ def spec(
         parameters=parameters,
         min_nodes=min_nodes,
         deadline_seconds=deadline,
+        data_permit_id=PERMIT_ID,
         target_nodes=targets,
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ehds.cli.local_federation import LocalFederation, prepare, running
+from ehds.cli.local_federation import PERMIT_ID, LocalFederation, prepare, running
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, StudySpec, StudyState
@@ -62,6 +62,7 @@ def test_federated_person_count_equals_pooled_sql(federation: LocalFederation) -
         parameters=b'{"age_band_edges":[0,18,45,65],"reference_year":2025}',
         min_nodes=3,
         deadline_seconds=120,
+        data_permit_id=PERMIT_ID,
     )
     with CoordinatorClient(load_client_config(federation.researcher_config)) as client:
         study = client.submit(spec)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ehds.cli.demo_command import wait_for_nodes
-from ehds.cli.local_federation import prepare
+from ehds.cli.local_federation import PERMIT_ID, prepare
 from ehds.coordinator.client import CoordinatorClient
 from ehds.coordinator.client_config import load_client_config
 from ehds.federation.model import AnalysisRef, ProtocolVersion, StudySpec, StudyState
@@ -54,6 +54,7 @@ def test_a_node_speaking_the_previous_minor_version_takes_part(tmp_path: Path) -
                 parameters=b"{}",
                 min_nodes=2,
                 deadline_seconds=60,
+                data_permit_id=PERMIT_ID,
             )
             with CoordinatorClient(load_client_config(fed.researcher_config)) as client:
                 study = client.submit(spec)

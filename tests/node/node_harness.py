@@ -1,6 +1,13 @@
 """Test harness for the node agent: a fake coordinator on real grpc.aio with mutual TLS, a TCP
 forwarder that can go silent, an HTTP CONNECT proxy, and analyses that block, fail or record.
 
+Governance as a real coordinator does it (protocol 1.3): the fake coordinator signs every
+assignment with the key of its certificate (``central``, issued by the test PKI) and sends
+that certificate in Welcome; test policies pin a test HDAB key, and assignments carry a permit
+that HDAB signed for ``alice`` on both test nodes. `assignment` builds an unsigned assignment;
+`Session.send` signs it unless it already carries a signature (a test that forges one sets
+its own).
+
 Everything runs in the test's own event loop (`asyncio.run` in a sync test), bounded by
 timeouts, and is closed on exit so that no socket or thread outlives its test.
 """
@@ -9,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,17 +28,29 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 import yaml
+from cryptography.hazmat.primitives import serialization
 
-from ehds.analyses.base import Analysis, AnalysisParameters, ComputeContext, JsonObject
+from ehds.analyses.base import (
+    Analysis,
+    AnalysisParameters,
+    ComputeContext,
+    DisclosureRefusedError,
+    JsonObject,
+)
 from ehds.analyses.person_count import PersonCount
 from ehds.analyses.registry import Registry
 from ehds.analyses.testing import BlobAnalysis, SleepAnalysis
+from ehds.audit import AuditEntry
 from ehds.core.netconfig import Keepalive, TlsFiles
+from ehds.core.signing import Signer
 from ehds.federation import transport
+from ehds.federation.assignment_signing import signing_bytes
 from ehds.federation.chunks import AssembledPayload, PayloadAssembler
 from ehds.federation.model import (
     AnalysisRef,
+    AuditRef,
     CoordinatorMessage,
+    Heartbeat,
     Hello,
     NodeMessage,
     ProtocolVersion,
@@ -44,8 +65,11 @@ from ehds.federation.version import PROTOCOL_VERSION
 from ehds.node.agent import NodeAgent
 from ehds.node.config import NodeConfig, load_node_config
 from ehds.node.metrics import NodeMetrics
-from ehds.node.policy import Policy, load_policy
+from ehds.node.policy import SitePolicy, load_site_policy
 from ehds.node.state import NodeState
+from ehds.permits import Permit, issue_permit
+from ehds.pki.authority import generate_key
+from ehds.pki.pem import private_key_pem
 
 WAIT_S = 10.0
 M = TypeVar("M")
@@ -58,6 +82,87 @@ DEFAULT_ANALYSES = (
     ("test.fail", "1.0.0"),
     ("test.slow_query", "1.0.0"),
 )
+
+HDAB_NAME = "test-hdab"
+PERMIT_ID = "permit-7"
+RESEARCHER = "alice"
+PERMIT_NODES = ("hospital-a", "hospital-b")
+PERMIT_ANALYSES = (
+    *sorted({name for name, _ in DEFAULT_ANALYSES}),
+    "test.forbidden",
+    "test.refuse",
+    "test.unknown",
+    "ghost",
+)
+COORDINATOR_REF = AuditRef("coordinator central", 41, "c0" * 32)
+"""The coordinator audit entry the fake coordinator's assignments point to."""
+
+
+# --------------------------------------------------------------------------- governance
+
+
+@dataclass(frozen=True)
+class Hdab:
+    """A health data access body for tests: an in-memory P-256 key that signs permits."""
+
+    name: str
+    signer: Signer
+    public_pem: bytes
+
+    @classmethod
+    def create(cls, name: str) -> Hdab:
+        signer = Signer.from_pem(private_key_pem(generate_key()))
+        pem = signer.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return cls(name, signer, pem)
+
+    def write_public_key(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}.pub.pem"
+        path.write_bytes(self.public_pem)
+        return path
+
+    def permit(
+        self,
+        *,
+        permit_id: str = PERMIT_ID,
+        holders: Sequence[str] = (RESEARCHER,),
+        nodes: Sequence[str] = PERMIT_NODES,
+        analyses: Sequence[str] = PERMIT_ANALYSES,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        issuer: str | None = None,
+    ) -> bytes:
+        """A permit document signed by this HDAB (valid from an hour ago for a day)."""
+        now = datetime.now(UTC)
+        return issue_permit(
+            self.signer,
+            Permit(
+                id=permit_id,
+                issuer=issuer or self.name,
+                holders=tuple(holders),
+                purpose="node tests",
+                nodes=tuple(nodes),
+                analyses=tuple(analyses),
+                valid_from=valid_from or now - timedelta(hours=1),
+                valid_until=valid_until or now + timedelta(days=1),
+                issued_at=now - timedelta(hours=1),
+            ),
+        )
+
+
+TEST_HDAB = Hdab.create(HDAB_NAME)
+"""The HDAB every test policy pins (a test-only key, generated per test process)."""
+
+OTHER_HDAB = Hdab.create("other-hdab")
+"""An HDAB no test policy trusts."""
+
+
+@functools.cache
+def default_permit() -> bytes:
+    """TEST_HDAB's permit for alice on both test nodes and every test analysis."""
+    return TEST_HDAB.permit()
 
 
 # --------------------------------------------------------------------------- analyses
@@ -127,6 +232,20 @@ class RecordingAnalysis(Analysis[NoParameters]):
         return {}
 
 
+class RefusingAnalysis(Analysis[NoParameters]):
+    """Its disclosure control always refuses (a rule, its threshold, never a value)."""
+
+    name = "test.refuse"
+    version = "1.0.0"
+    parameters = NoParameters
+
+    def compute(self, params: NoParameters, ctx: ComputeContext) -> JsonObject:
+        raise DisclosureRefusedError("small_population", "the population is below the threshold")
+
+    def aggregate(self, params: NoParameters, node_results: Mapping[str, JsonObject]) -> JsonObject:
+        return {}
+
+
 class SlowQueryAnalysis(Analysis[NoParameters]):
     """One long SQL statement in the CDM's engine: only an interrupt stops it early."""
 
@@ -157,6 +276,7 @@ class LocalAnalyses:
     fail: FailingAnalysis = field(default_factory=FailingAnalysis)
     forbidden: RecordingAnalysis = field(default_factory=RecordingAnalysis)
     slow_query: SlowQueryAnalysis = field(default_factory=SlowQueryAnalysis)
+    refuse: RefusingAnalysis = field(default_factory=RefusingAnalysis)
 
     def registry(self) -> Registry:
         return Registry(
@@ -168,6 +288,7 @@ class LocalAnalyses:
                 self.fail,
                 self.forbidden,
                 self.slow_query,
+                self.refuse,
             ]
         )
 
@@ -192,12 +313,37 @@ def write_policy(
     *,
     version: str = "test-policy-1",
     min_cell_count: int = 5,
+    manual: Sequence[str] = (),
+    researchers: Sequence[str] = (),
+    retention_days: int | None = None,
+    hdabs: Sequence[Hdab] = (TEST_HDAB,),
 ) -> Path:
-    document = {
+    """A policy allowing ``analyses``, released automatically except those named in
+    ``manual``, pinning ``hdabs`` (their public keys written to ``hdab/`` beside it)."""
+    keys = [
+        {
+            "name": hdab.name,
+            "public_key": f"hdab/{hdab.write_public_key(path.parent / 'hdab').name}",
+        }
+        for hdab in hdabs
+    ]
+    document: dict[str, Any] = {
         "version": version,
         "min_cell_count": min_cell_count,
-        "analyses": [{"name": name, "version": version} for name, version in analyses],
+        "hdab_keys": keys,
+        "analyses": [
+            {
+                "name": name,
+                "version": analysis_version,
+                "release": "manual" if name in manual else "auto",
+            }
+            for name, analysis_version in analyses
+        ],
     }
+    if researchers:
+        document["researchers"] = list(researchers)
+    if retention_days is not None:
+        document["retention_days"] = retention_days
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
 
@@ -247,7 +393,13 @@ def assignment(
     version: str = "1.0.0",
     deadline: timedelta | datetime = timedelta(seconds=60),
     min_cell_count: int = 1,
+    permit: bytes | None = None,
+    requested_by: str = RESEARCHER,
+    nonce: str = "",
+    expires_at: datetime | None = None,
 ) -> TaskAssignment:
+    """An unsigned assignment under the default permit (`Session.send` signs it); the nonce
+    defaults to one derived from the task id, the expiry to the deadline."""
     when = deadline if isinstance(deadline, datetime) else datetime.now(UTC) + deadline
     return TaskAssignment(
         task_id=task_id,
@@ -256,6 +408,12 @@ def assignment(
         parameters=parameters,
         deadline=when,
         min_cell_count=min_cell_count,
+        data_permit_id=PERMIT_ID,
+        requested_by=requested_by,
+        permit=default_permit() if permit is None else permit,
+        nonce=nonce or f"nonce-{task_id}",
+        expires_at=expires_at or when,
+        coordinator_audit_ref=COORDINATOR_REF,
     )
 
 
@@ -277,6 +435,8 @@ class Session:
     """One stream as the fake coordinator sees it."""
 
     peer: str
+    # Signs an unsigned assignment on its way out (the coordinator's key).
+    sign: Callable[[TaskAssignment], TaskAssignment] = lambda message: message
     protocol: ProtocolVersion | None = None
     received: list[NodeMessage] = field(default_factory=list)
     inbox: asyncio.Queue[NodeMessage | None] = field(default_factory=asyncio.Queue)
@@ -286,6 +446,8 @@ class Session:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, message: CoordinatorMessage) -> None:
+        if isinstance(message, TaskAssignment) and not message.signature:
+            message = self.sign(message)
         self.outbox.put_nowait(message)
 
     def close(self) -> None:
@@ -339,13 +501,31 @@ class FakeCoordinator(node_link_pb2_grpc.NodeLinkServicer):
         coordinator_time: Callable[[], datetime | None] = lambda: datetime.now(UTC),
         node_name: str | None = None,
         insecure: bool = False,
+        certificate: bytes | None = None,
     ) -> None:
+        """``certificate``: the PEM sent in Welcome instead of the signing key's own."""
         self.heartbeat_interval = heartbeat_interval
         self.coordinator_time = coordinator_time
         self.node_name = node_name
         self.insecure = insecure
         self.sessions: asyncio.Queue[Session] = asyncio.Queue()
         self.all_sessions: list[Session] = []
+        self._signer: Signer | None = None
+        self.certificate = certificate
+
+    def use_pki(self, pki: Pki) -> None:
+        """Sign with the key of the PKI's coordinator certificate (done by
+        `coordinator_server`)."""
+        tls = pki.tls("central")
+        self._signer = Signer.from_file(tls.key)
+        if self.certificate is None:
+            self.certificate = tls.certificate.read_bytes()
+
+    def sign(self, message: TaskAssignment) -> TaskAssignment:
+        """``message`` signed as the coordinator signs assignments."""
+        assert self._signer is not None, "the fake coordinator has no key (use_pki)"
+        unsigned = dataclasses.replace(message, signature="")
+        return dataclasses.replace(message, signature=self._signer.sign(signing_bytes(unsigned)))
 
     def _peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if self.insecure:
@@ -367,7 +547,7 @@ class FakeCoordinator(node_link_pb2_grpc.NodeLinkServicer):
         request_iterator: Any,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[node_link_pb2.CoordinatorMessage]:
-        session = Session(peer=self._peer(context))
+        session = Session(peer=self._peer(context), sign=self.sign)
         self.all_sessions.append(session)
 
         async def read() -> None:
@@ -420,6 +600,8 @@ class FakeCoordinator(node_link_pb2_grpc.NodeLinkServicer):
             heartbeat_interval=self.heartbeat_interval,
             coordinator_software=SoftwareInfo("fake-coordinator", "0"),
             coordinator_time=time,
+            # Protocol 1.3: the certificate of the key that signs assignments.
+            coordinator_certificate=(self.certificate or b"") if minor >= 3 else b"",
         )
 
 
@@ -434,6 +616,7 @@ async def coordinator_server(
     """The fake coordinator on 127.0.0.1 with mutual TLS (plaintext if ``servicer.insecure``);
     yields the bound port."""
     keepalive = keepalive or Keepalive(time_seconds=0.2, timeout_seconds=1.0)
+    servicer.use_pki(pki)
     server = grpc.aio.server(options=transport.server_options(keepalive))
     node_link_pb2_grpc.add_NodeLinkServicer_to_server(servicer, server)
     address = f"127.0.0.1:{port}"
@@ -470,11 +653,12 @@ async def running_node(
     registry: Registry,
     protocol_version: ProtocolVersion | None = None,
     insecure: bool = False,
-    policy: Policy | None = None,
+    policy: SitePolicy | None = None,
+    retention_sweep_seconds: float = 3600.0,
 ) -> AsyncIterator[RunningNode]:
     """A `NodeAgent` running in this event loop; stopped (and its state closed) on exit."""
     config = load_node_config(config_path)
-    policy = policy or load_policy(config.policy)
+    policy = policy or load_site_policy(config.policy)
     state = NodeState.open(config.state)
     try:
         agent = NodeAgent(
@@ -485,6 +669,7 @@ async def running_node(
             protocol_version=protocol_version,
             insecure=insecure,
             shutdown_grace_seconds=5.0,
+            retention_sweep_seconds=retention_sweep_seconds,
         )
         task = asyncio.create_task(agent.run())
         try:
@@ -622,3 +807,41 @@ async def relay(relay: R) -> AsyncIterator[R]:
         yield relay
     finally:
         await relay.close()
+
+
+# --------------------------------------------------------------------------- scenarios
+
+Scenario = Callable[[FakeCoordinator, "RunningNode", Session], Awaitable[None]]
+SCENARIO_TIMEOUT_S = 25.0
+
+
+def run_scenario(
+    tmp_path: Path,
+    pki: Pki,
+    cdm: Path,
+    scenario: Scenario,
+    *,
+    analyses: LocalAnalyses | None = None,
+    coordinator: FakeCoordinator | None = None,
+    policy: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a policy (``policy``: `write_policy` options), start the fake coordinator and a
+    node, wait until the node is welcomed, run ``scenario``, and take everything down."""
+    analyses = analyses or LocalAnalyses()
+    coordinator = coordinator or FakeCoordinator()
+    write_policy(tmp_path / "policy.yaml", **(policy or {}))
+
+    async def main() -> None:
+        async with coordinator_server(pki, coordinator) as port:
+            config = write_node_config(tmp_path, pki=pki, cdm=cdm, address=f"127.0.0.1:{port}")
+            async with running_node(config, registry=analyses.registry()) as node:
+                session = await coordinator.next_session()
+                await session.next(Heartbeat)  # welcomed: the first heartbeat follows Welcome
+                await scenario(coordinator, node, session)
+
+    asyncio.run(asyncio.wait_for(main(), SCENARIO_TIMEOUT_S))
+
+
+def audit_entries(state: NodeState) -> list[AuditEntry]:
+    """The node's chain as parsed entries."""
+    return [AuditEntry.parse(line) for line in state.audit_lines()]

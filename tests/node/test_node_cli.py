@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from node_harness import Pki, write_node_config, write_policy
 
+from ehds.audit import payload_digest
 from ehds.cli.main import main
 from ehds.federation.transport import INSECURE_WARNING
 
@@ -60,6 +61,30 @@ def test_serve_refuses_an_invalid_policy(
     assert "unknown key" in error
 
 
+def test_serve_refuses_a_policy_whose_pinned_key_cannot_be_read(
+    tmp_path: Path, pki: Pki, cdm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_policy(tmp_path / "policy.yaml")
+    (tmp_path / "hdab" / "test-hdab.pub.pem").unlink()
+    config = _config(tmp_path, pki, cdm)
+    assert main(["node", "serve", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "no valid site policy" in error
+    assert "hdab_keys.0.public_key" in error
+    assert not (tmp_path / "state").exists()
+
+
+def test_serve_refuses_a_policy_that_pins_no_hdab_key(
+    tmp_path: Path, pki: Pki, cdm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(
+        "version: '1'\nanalyses:\n  - {name: person_count, version: 1.0.0}\n", encoding="utf-8"
+    )
+    config = _config(tmp_path, pki, cdm)
+    assert main(["node", "serve", "--config", str(config)]) == 2
+    assert "hdab_keys: required key is missing" in capsys.readouterr().err
+
+
 def test_policy_is_required_in_node_yaml(
     tmp_path: Path, pki: Pki, cdm: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,6 +114,10 @@ def test_check_prints_the_hello_profile(
     assert profile["vocabulary_version"]
     assert profile["engine"] == "duckdb"
     assert "not.shipped 2.0.0" in err
+    policy = report["policy"]
+    assert policy["digest"] == payload_digest((tmp_path / "policy.yaml").read_bytes())
+    assert [key["name"] for key in policy["hdab_keys"]] == ["test-hdab"]
+    assert len(policy["hdab_keys"][0]["key_id"]) == 64
 
 
 def test_check_fails_when_the_cdm_cannot_be_read(

@@ -23,6 +23,7 @@ from ehds.node.metrics import outcome_label
 from ehds.node.policy import AllowedAnalysis, Policy
 from ehds.node.profile import CdmVersions, capabilities, cdm_versions
 from ehds.omop.database import CdmDatabase
+from ehds.permits import HdabKeyConfig
 
 
 def test_backoff_is_full_jitter_capped_and_reset() -> None:
@@ -66,9 +67,13 @@ def test_outcome_labels(code: ErrorCode | None, label: str) -> None:
     assert outcome_label(code) == label
 
 
+HDAB_KEYS = (HdabKeyConfig(name="fi-hdab", public_key=Path("fi-hdab.pub.pem")),)
+
+
 def test_capabilities_are_what_the_policy_allows_and_the_software_has() -> None:
     policy = Policy(
         version="1",
+        hdab_keys=HDAB_KEYS,
         analyses=(
             AllowedAnalysis(name="person_count", version="1.0.0"),
             AllowedAnalysis(name="person_count", version="0.9.0"),
@@ -78,7 +83,8 @@ def test_capabilities_are_what_the_policy_allows_and_the_software_has() -> None:
     assert capabilities(policy, LocalAnalyses().registry()) == (
         AnalysisRef("person_count", "1.0.0"),
     )
-    assert capabilities(Policy(version="empty"), LocalAnalyses().registry()) == ()
+    empty = Policy(version="empty", hdab_keys=HDAB_KEYS)
+    assert capabilities(empty, LocalAnalyses().registry()) == ()
 
 
 def test_cdm_versions_from_cdm_source(tmp_path: Path, cdm: Path) -> None:

@@ -205,7 +205,7 @@ def test_policy_refusal_never_runs_the_analysis(tmp_path: Path, pki: Pki, cdm: P
         await session.next(TaskAck, lambda m: m.task_id == "t-refused")
         result = await outcome_of(session, "t-refused")
         assert result.error_code is ErrorCode.POLICY_REFUSED
-        assert result.message == OUTCOME_MESSAGES[ErrorCode.POLICY_REFUSED]
+        assert result.message == ANALYSIS_NOT_ALLOWED
         assert analyses.forbidden.runs == 0
         labels = {"analysis": "test.forbidden 1.0.0", "outcome": "refused"}
         assert node.metrics.registry.get_sample_value("ehds_node_tasks_total", labels) == 1
@@ -213,6 +213,10 @@ def test_policy_refusal_never_runs_the_analysis(tmp_path: Path, pki: Pki, cdm: P
     run_scenario(tmp_path, pki, cdm, scenario, analyses=analyses)
 
 
+ANALYSIS_NOT_ALLOWED = (
+    "policy.analysis_not_allowed: the analysis is not allowed by this site's policy"
+)
+INVALID_PARAMETERS = OUTCOME_MESSAGES[ErrorCode.INVALID_PARAMETERS]
 INVALID_TASKS = {
     "analysis not in policy": ("test.unknown", "1.0.0", b"{}", ErrorCode.POLICY_REFUSED),
     "version not in policy": ("person_count", "9.9.9", b"{}", ErrorCode.POLICY_REFUSED),
@@ -227,11 +231,12 @@ def test_invalid_tasks_end_with_their_code(
     tmp_path: Path, pki: Pki, cdm: Path, case: tuple[str, str, bytes, ErrorCode]
 ) -> None:
     analysis, version, parameters, code = case
+    message = ANALYSIS_NOT_ALLOWED if code is ErrorCode.POLICY_REFUSED else INVALID_PARAMETERS
 
     async def scenario(coordinator: FakeCoordinator, node: RunningNode, session: Session) -> None:
         session.send(assignment("t-bad", analysis, parameters, version=version))
         result = await outcome_of(session, "t-bad")
-        assert (result.error_code, result.message) == (code, OUTCOME_MESSAGES[code])
+        assert (result.error_code, result.message) == (code, message)
 
     run_scenario(tmp_path, pki, cdm, scenario)
 
@@ -356,8 +361,14 @@ def test_deadline_stops_a_running_task_and_refuses_a_late_one(
         session.send(
             assignment("t-slow", "test.sleep", b'{"seconds":30}', deadline=timedelta(seconds=0.5))
         )
+        # Accepted (its assignment has not expired) but past its deadline when it would run.
         session.send(
-            assignment("t-late", "person_count", deadline=datetime.now(UTC) - timedelta(seconds=1))
+            assignment(
+                "t-late",
+                "person_count",
+                deadline=datetime.now(UTC) - timedelta(seconds=1),
+                expires_at=datetime.now(UTC) + timedelta(seconds=60),
+            )
         )
         codes = {}
         for _ in range(2):  # in whatever order they come
@@ -395,7 +406,8 @@ def test_repeated_assignment_is_acked_again_and_its_end_resent(
         session.send(refused)
         await session.next(TaskAck, lambda m: m.task_id == "t-again")
         second = await outcome_of(session, "t-again")
-        assert first == second
+        assert (first.error_code, first.message) == (second.error_code, second.message)
+        assert first.error_code is ErrorCode.POLICY_REFUSED
         assert analyses.forbidden.runs == 0
 
         done = assignment("t-done", "person_count")
@@ -410,12 +422,18 @@ def test_repeated_assignment_is_acked_again_and_its_end_resent(
 
 
 def test_previous_protocol_minor_version(tmp_path: Path, pki: Pki, cdm: Path) -> None:
+    """A stream at 1.0 still connects, but a coordinator older than 1.3 cannot sign its
+    assignments: the node runs none of them (governance is not negotiable downwards)."""
+
     async def scenario(coordinator: FakeCoordinator, node: RunningNode, session: Session) -> None:
         hello = next(m for m in session.received if isinstance(m, Hello))
         assert hello.protocol_version == ProtocolVersion(1, 0)
         assert session.protocol == ProtocolVersion(1, 0)
         session.send(assignment("t-old", "person_count"))
-        await session.result("t-old")
+        result = await outcome_of(session, "t-old")
+        assert result.error_code is ErrorCode.ASSIGNMENT_REJECTED
+        assert result.message.startswith("assignment.unknown_signer: ")
+        assert node.state.task("t-old") is None
 
     run_scenario(tmp_path, pki, cdm, scenario, protocol_version=ProtocolVersion(1, 0))
 

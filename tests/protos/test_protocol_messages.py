@@ -16,7 +16,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ehds.federation import limits
-from ehds.federation.v1 import admin_api_pb2, common_pb2, node_link_pb2, study_api_pb2
+from ehds.federation.v1 import (
+    admin_api_pb2,
+    audit_api_pb2,
+    common_pb2,
+    node_link_pb2,
+    permit_api_pb2,
+    study_api_pb2,
+)
 from ehds.federation.version import PROTOCOL_VERSION
 
 FILES: tuple[FileDescriptor, ...] = (
@@ -24,6 +31,8 @@ FILES: tuple[FileDescriptor, ...] = (
     node_link_pb2.DESCRIPTOR,
     study_api_pb2.DESCRIPTOR,
     admin_api_pb2.DESCRIPTOR,
+    permit_api_pb2.DESCRIPTOR,
+    audit_api_pb2.DESCRIPTOR,
 )
 
 PARAMETERS = b'{"concept_ids":[201826,4329847],"min_age":18}'
@@ -57,6 +66,27 @@ def _chunks() -> list[common_pb2.PayloadChunk]:
             index=1, count=2, data=RESULT[half:], sha256=hashlib.sha256(RESULT).digest()
         ),
     ]
+
+
+def _audit_ref(seq: int = 41) -> common_pb2.AuditRef:
+    return common_pb2.AuditRef(chain="node fr-aphp", seq=seq, hash="ab" * 32)
+
+
+def _permit() -> permit_api_pb2.Permit:
+    return permit_api_pb2.Permit(
+        id="HDAB-FR-2026-0042",
+        issuer="fr-hdab",
+        holders=["researcher-alice"],
+        purpose="Type 2 diabetes incidence in three countries",
+        nodes=["fr-aphp", "fi-hus"],
+        analyses=["counts", "incidence"],
+        valid_from=LAST_SEEN,
+        valid_until=DEADLINE,
+        issued_at=LAST_SEEN,
+        registered_by="researcher researcher-alice",
+        registered_at=LAST_SEEN,
+        document=b'{"format":"ehds-data-permit/1"}',
+    )
 
 
 def _version() -> common_pb2.ProtocolVersion:
@@ -114,7 +144,9 @@ def node_messages() -> list[node_link_pb2.NodeMessage]:
             hello=node_link_pb2.Hello(protocol_version=_version(), profile=_profile())
         ),
         node_link_pb2.NodeMessage(
-            heartbeat=node_link_pb2.Heartbeat(seq=7, in_flight_task_ids=["t-1", "t-2"])
+            heartbeat=node_link_pb2.Heartbeat(
+                seq=7, in_flight_task_ids=["t-1", "t-2"], audit_head=_audit_ref()
+            )
         ),
         node_link_pb2.NodeMessage(task_ack=node_link_pb2.TaskAck(task_id="t-1")),
         node_link_pb2.NodeMessage(
@@ -124,7 +156,9 @@ def node_messages() -> list[node_link_pb2.NodeMessage]:
         ),
         *(
             node_link_pb2.NodeMessage(
-                result_chunk=node_link_pb2.ResultChunk(task_id="t-1", chunk=chunk)
+                result_chunk=node_link_pb2.ResultChunk(
+                    task_id="t-1", chunk=chunk, audit_head=_audit_ref(42)
+                )
             )
             for chunk in _chunks()
         ),
@@ -133,6 +167,7 @@ def node_messages() -> list[node_link_pb2.NodeMessage]:
                 task_id="t-2",
                 error_code=common_pb2.ERROR_CODE_POLICY_REFUSED,
                 message="analysis not allowed by site policy",
+                audit_head=_audit_ref(43),
             )
         ),
     ]
@@ -150,6 +185,7 @@ def coordinator_messages() -> list[node_link_pb2.CoordinatorMessage]:
                     name="ehds-federation", version="0.1.0"
                 ),
                 coordinator_time=Timestamp(seconds=1_790_000_000),
+                coordinator_certificate=b"-----BEGIN CERTIFICATE-----...",
             )
         ),
         node_link_pb2.CoordinatorMessage(
@@ -162,6 +198,13 @@ def coordinator_messages() -> list[node_link_pb2.CoordinatorMessage]:
                 min_cell_count=10,
                 data_permit_id="HDAB-FR-2026-0042",
                 requested_by="researcher-alice",
+                permit=b'{"format":"ehds-data-permit/1"}',
+                nonce="5f0c2b7e9a1d4c3b8e6f",
+                expires_at=DEADLINE,
+                coordinator_audit_ref=common_pb2.AuditRef(
+                    chain="coordinator coordinator", seq=9, hash="cd" * 32
+                ),
+                signature="MEUCIQ...",
             )
         ),
         node_link_pb2.CoordinatorMessage(
@@ -195,6 +238,14 @@ def api_messages() -> list[Message]:
         admin_api_pb2.ListNodesResponse(nodes=[_node_info()]),
         admin_api_pb2.RevokeNodeRequest(name="fr-aphp", reason="certificate compromised"),
         admin_api_pb2.RevokeNodeResponse(node=_node_info()),
+        permit_api_pb2.RegisterPermitRequest(document=_permit().document),
+        permit_api_pb2.RegisterPermitResponse(permit=_permit()),
+        permit_api_pb2.ListPermitsRequest(),
+        permit_api_pb2.ListPermitsResponse(permits=[_permit()]),
+        permit_api_pb2.GetPermitRequest(permit_id="HDAB-FR-2026-0042"),
+        permit_api_pb2.GetPermitResponse(permit=_permit()),
+        audit_api_pb2.ExportAuditRequest(since=LAST_SEEN, after_seq=40),
+        audit_api_pb2.AuditEntryBatch(entries=[b'{"v":1}', b'{"v":1}']),
     ]
 
 
@@ -278,6 +329,8 @@ def test_error_codes_are_the_agreed_set() -> None:
         "INTERNAL",
         "CDM_UNAVAILABLE",
         "PERMIT_REFUSED",
+        "ASSIGNMENT_REJECTED",
+        "RELEASE_REJECTED",
     ]
 
 

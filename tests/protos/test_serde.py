@@ -74,13 +74,16 @@ CHUNK = model.PayloadChunk(
     index=2, count=3, data=b"data", sha256=hashlib.sha256(b"x").digest(), content_type="a/b"
 )
 
+HEAD = model.AuditRef("node hospital-a", 12, "ab" * 32)
 NODE_MESSAGES: Sequence[model.NodeMessage] = (
     model.Hello(model.ProtocolVersion(1, 1), PROFILE),
-    model.Heartbeat(seq=7, in_flight_task_ids=("t1", "t2")),
+    model.Heartbeat(seq=7, in_flight_task_ids=("t1", "t2"), audit_head=HEAD),
     model.TaskAck("t1"),
     model.TaskProgress("t1", 0.25, model.TaskStage.QUERYING),
-    model.ResultChunk("t1", CHUNK),
-    model.TaskOutcome("t1", model.ErrorCode.POLICY_REFUSED, "analysis not allowed"),
+    model.ResultChunk("t1", CHUNK, audit_head=HEAD),
+    model.TaskOutcome(
+        "t1", model.ErrorCode.POLICY_REFUSED, "analysis not allowed", audit_head=HEAD
+    ),
 )
 COORDINATOR_MESSAGES: Sequence[model.CoordinatorMessage] = (
     model.Welcome(
@@ -89,6 +92,7 @@ COORDINATOR_MESSAGES: Sequence[model.CoordinatorMessage] = (
         heartbeat_interval=timedelta(seconds=15, milliseconds=500),
         coordinator_software=model.SoftwareInfo("ehds-federation", "0.1.0"),
         coordinator_time=NOW,
+        coordinator_certificate=b"-----BEGIN CERTIFICATE-----",
     ),
     model.TaskAssignment(
         task_id="t1",
@@ -99,6 +103,11 @@ COORDINATOR_MESSAGES: Sequence[model.CoordinatorMessage] = (
         min_cell_count=5,
         data_permit_id="permit-7",
         requested_by="alice",
+        permit=b'{"format":"ehds-data-permit/1"}',
+        nonce="3f1c",
+        expires_at=NOW + timedelta(minutes=10),
+        coordinator_audit_ref=model.AuditRef("coordinator coordinator", 3, "cd" * 32),
+        signature="MEUCIQ==",
     ),
     model.CancelTask("t1", "study cancelled by requester"),
     model.ResultReceipt("t1", hashlib.sha256(b"result").digest()),
@@ -259,8 +268,14 @@ def test_model_enums_match_the_protobuf_enums() -> None:
         (model.StudyState, study_api_pb2.StudyState, "STUDY_STATE_"),
         (model.NodeTaskState, study_api_pb2.NodeTaskState, "NODE_TASK_STATE_"),
     ]
+
+    # The one deliberate difference: the model calls "released" what the wire still calls DONE.
+    def wire_name(member: IntEnum) -> str:
+        return "DONE" if member is model.NodeTaskState.RELEASED else member.name
+
     for kind, pb_enum, prefix in pairs:
-        assert {f"{prefix}{m.name}": int(m) for m in kind} == dict(pb_enum.items())
+        members: list[IntEnum] = list(kind)
+        assert {f"{prefix}{wire_name(m)}": int(m) for m in members} == dict(pb_enum.items())
 
 
 def test_unknown_enum_values_decode_as_unspecified() -> None:

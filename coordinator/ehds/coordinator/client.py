@@ -1,4 +1,5 @@
-"""The researcher's (and operator's) client of the coordinator: `StudyApi` and `AdminApi`.
+"""The client of the coordinator for researchers, operators and auditors: `StudyApi`,
+`AdminApi`, `PermitApi` and `AuditApi`.
 
 Synchronous on purpose: its users (the `ehds study` and `ehds admin` commands, the demo, tests)
 do one thing at a time, and a plain blocking API is the easiest to use correctly from them.
@@ -12,6 +13,9 @@ Results come as the whole document (`results`) or as one table for analysis and 
 (`ehds.analyses.results`) of every node and the pool, with the study id as ``result_id``, or,
 for an analysis that does not produce that format (``person_count``), its pooled table.
 
+Authentication: the caller's certificate (mutual TLS), or an OIDC bearer token (server TLS,
+the token sent with every call and re-read from its file each time; see `client_config`).
+
 Watching a study survives a dropped connection: `Watch` sends a full snapshot first and after
 every change, so reconnecting loses nothing. `watch` and `wait` therefore re-open the stream
 when it ends early (its own deadline, a coordinator restart) and skip snapshots already seen.
@@ -24,6 +28,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 
-from ehds.coordinator.client_config import ClientConfig
+from ehds.coordinator.client_config import ClientConfig, TokenError
 from ehds.coordinator.client_errors import (
     CoordinatorUnavailableError,
     ResultDocumentError,
@@ -40,14 +45,18 @@ from ehds.coordinator.client_errors import (
     status_of,
 )
 from ehds.core.errors import InputError
-from ehds.core.netconfig import Keepalive
+from ehds.core.netconfig import Keepalive, TlsFiles
 from ehds.federation import serde
 from ehds.federation.chunks import PayloadAssembler, PayloadError
-from ehds.federation.model import NodeInfo, Study, StudySpec
-from ehds.federation.transport import channel_options, client_credentials
+from ehds.federation.model import NodeInfo, PermitInfo, Study, StudySpec
+from ehds.federation.transport import TlsFilesError, channel_options, client_credentials
 from ehds.federation.v1 import (
     admin_api_pb2,
     admin_api_pb2_grpc,
+    audit_api_pb2,
+    audit_api_pb2_grpc,
+    permit_api_pb2,
+    permit_api_pb2_grpc,
     study_api_pb2,
     study_api_pb2_grpc,
 )
@@ -73,6 +82,9 @@ EXPORT_FORMATS: Final = ("json", "csv", "parquet")
 
 DEFAULT_CALL_TIMEOUT: Final = 30.0
 """Seconds allowed to one unary call (and to a whole result download), unless given."""
+
+AUDIT_EXPORT_TIMEOUT: Final = 3600.0
+"""Seconds allowed to a whole audit export (a chain of millions of entries takes minutes)."""
 
 WATCH_STREAM_SECONDS: Final = 300.0
 """Deadline of one Watch stream: longer watches re-open it (snapshots make that lossless)."""
@@ -100,8 +112,40 @@ ProgressCallback = Callable[[Study], None]
 _T = TypeVar("_T")
 
 
+class _TokenPlugin(grpc.AuthMetadataPlugin):
+    """Adds ``authorization: Bearer <token>`` to every call, the token read afresh each time."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._config = config
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        try:
+            token = self._config.token()
+        except TokenError as exc:
+            callback((), exc)
+            return
+        callback((("authorization", f"Bearer {token}"),), None)
+
+
+def _token_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
+    """Server TLS against the federation CA, plus the bearer token on every call."""
+    try:
+        ca = config.tls.ca.read_bytes()
+    except OSError as exc:
+        raise TlsFilesError(
+            f"cannot read the TLS CA certificate {config.tls.ca}: {exc.strerror}"
+        ) from None
+    config.token()  # fail now, with the reason, rather than on the first call
+    return grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca),
+        grpc.metadata_call_credentials(_TokenPlugin(config), name="ehds-oidc-token"),
+    )
+
+
 class CoordinatorClient:
-    """A connection to one coordinator, authenticated by the caller's certificate.
+    """A connection to one coordinator, authenticated by the caller's certificate or token.
 
     ``insecure=True`` talks plain-text gRPC to a coordinator started with ``--insecure`` (local
     development only): nobody is authenticated, and the caller names itself in the
@@ -125,14 +169,19 @@ class CoordinatorClient:
         )
         self._metadata: tuple[tuple[str, str], ...] | None = None
         if insecure:
-            identity = insecure_identity or _identity_in(config.tls.certificate)
+            identity = insecure_identity or _identity_in(config)
             self._metadata = ((INSECURE_IDENTITY_HEADER, identity),)
             self._channel = grpc.insecure_channel(endpoint.address, options=options)
+        elif config.uses_token() or not isinstance(config.tls, TlsFiles):
+            credentials = _token_credentials(config)
+            self._channel = grpc.secure_channel(endpoint.address, credentials, options=options)
         else:
             credentials = client_credentials(config.tls)
             self._channel = grpc.secure_channel(endpoint.address, credentials, options=options)
         self._studies = study_api_pb2_grpc.StudyApiStub(self._channel)
         self._admin = admin_api_pb2_grpc.AdminApiStub(self._channel)
+        self._permits = permit_api_pb2_grpc.PermitApiStub(self._channel)
+        self._audit = audit_api_pb2_grpc.AuditApiStub(self._channel)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -293,6 +342,58 @@ class CoordinatorClient:
         )
         return serde.decode_node_info(response.node)
 
+    # ------------------------------------------------------------------ PermitApi
+
+    def register_permit(self, document: bytes) -> PermitInfo:
+        """Register a signed permit document (as the HDAB issued it). Registering the same
+        permit again returns it; `StudyRejectedError` names the refusal code (e.g.
+        ``permit.expired``), `ConflictError` another document under a registered id."""
+        request = permit_api_pb2.RegisterPermitRequest(document=document)
+        response = self._call(
+            lambda: self._permits.Register(request, timeout=self.timeout, metadata=self._metadata),
+            "register permit",
+        )
+        return serde.decode_permit(response.permit)
+
+    def list_permits(self) -> builtins.list[PermitInfo]:
+        """The permits the caller holds (operators and auditors: every permit), by id."""
+        request = permit_api_pb2.ListPermitsRequest()
+        response = self._call(
+            lambda: self._permits.List(request, timeout=self.timeout, metadata=self._metadata),
+            "list permits",
+        )
+        return [serde.decode_permit(pb) for pb in response.permits]
+
+    def get_permit(self, permit_id: str) -> PermitInfo:
+        request = permit_api_pb2.GetPermitRequest(permit_id=permit_id)
+        response = self._call(
+            lambda: self._permits.Get(request, timeout=self.timeout, metadata=self._metadata),
+            f"get permit {permit_id}",
+        )
+        return serde.decode_permit(response.permit)
+
+    # ------------------------------------------------------------------ AuditApi
+
+    def export_audit(self, since: datetime | None = None, after_seq: int = 0) -> Iterator[bytes]:
+        """The coordinator's audit chain (auditors only): each entry's canonical line as
+        stored, in order, from the first entry at or after ``since`` (and after
+        ``after_seq``). Check it with `ehds.audit.verify_lines`: the lines prove themselves,
+        the coordinator need not be trusted."""
+        request = audit_api_pb2.ExportAuditRequest(after_seq=after_seq)
+        if since is not None:
+            request.since.CopyFrom(serde.encode_timestamp(since))
+        operation = "export the audit chain"
+        stream = self._audit.Export(
+            request, timeout=max(self.timeout, AUDIT_EXPORT_TIMEOUT), metadata=self._metadata
+        )
+        try:
+            for batch in stream:
+                yield from batch.entries
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, address=self.address, operation=operation) from None
+        finally:
+            stream.cancel()
+
     # ------------------------------------------------------------------ internals
 
     def _call(self, call: Callable[[], _T], operation: str) -> _T:
@@ -360,8 +461,13 @@ class CoordinatorClient:
             attempt += 1
 
 
-def _identity_in(certificate: Path) -> str:
-    """``ROLE/NAME`` of the certificate file, for ``--insecure``."""
+def _identity_in(config: ClientConfig) -> str:
+    """``ROLE/NAME`` of the configured certificate, for ``--insecure``."""
+    if not isinstance(config.tls, TlsFiles):
+        raise InputError(
+            "--insecure: no certificate configured; give insecure_identity as ROLE/NAME"
+        )
+    certificate = config.tls.certificate
     try:
         identity = Identity.from_certificate(certificate.read_bytes())
     except (OSError, CertificateError) as exc:

@@ -4,7 +4,9 @@
     ├── StudyRejectedError       InputError    INVALID_ARGUMENT: fix the study and resubmit
     ├── StudyNotFoundError       InputError    NOT_FOUND: wrong id, or not one of yours
     ├── AccessDeniedError        InputError    PERMISSION_DENIED / UNAUTHENTICATED: wrong
-    │                                          certificate or role for this API
+    │                                          certificate, token or role for this API
+    ├── ConflictError            InputError    ALREADY_EXISTS: e.g. another permit document
+    │                                          under a registered permit id
     ├── ResultsNotReadyError     StateError    FAILED_PRECONDITION: the study has not completed
     ├── CoordinatorUnavailableError StateError UNAVAILABLE / DEADLINE_EXCEEDED: not reachable
     ├── StudyWaitTimeoutError    StateError    `wait` ran out of time; the study goes on
@@ -38,6 +40,10 @@ class StudyNotFoundError(CoordinatorClientError, InputError):
 
 class AccessDeniedError(CoordinatorClientError, InputError):
     """The caller's certificate does not grant this API (e.g. a researcher calling AdminApi)."""
+
+
+class ConflictError(CoordinatorClientError, InputError):
+    """What was sent conflicts with what the coordinator holds (e.g. a permit id)."""
 
 
 class ResultsNotReadyError(CoordinatorClientError, StateError):
@@ -84,8 +90,10 @@ def error_from_rpc(error: grpc.RpcError, *, address: str, operation: str) -> Ehd
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
         return AccessDeniedError(
             f"{operation}: the coordinator at {address} refused this certificate: {details} "
-            "(check tls.certificate in the client configuration and its role)"
+            "(check tls.certificate, or the token, in the client configuration and its role)"
         )
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        return ConflictError(f"{operation}: {details}")
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return ResultsNotReadyError(f"{operation}: {details or 'not possible in this state'}")
     if code is grpc.StatusCode.UNAVAILABLE:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from ehds.coordinator.service.oidc import OidcConfig
 from ehds.core.config import ConfigModel, ConfigPath, load_config
 from ehds.core.netconfig import Keepalive, Listen, TlsFiles
 
@@ -35,6 +36,36 @@ class StudyDefaults(ConfigModel):
     min_cell_count: int = Field(default=10, ge=1)
 
 
+class HdabKeyConfig(ConfigModel):
+    """A health data access body the coordinator trusts: its name (a permit's ``issuer``) and
+    its public key (``NAME.pub.pem`` from `ehds pki hdab-key`)."""
+
+    name: str
+    public_key: ConfigPath
+
+
+class PermitsConfig(ConfigModel):
+    """Data permits are checked against these keys when registered and at every submit.
+
+    Empty (the default): no permit can be registered, so no study can be submitted. A
+    federation without permits is a configuration mistake, and failing closed says so.
+    """
+
+    hdab_keys: tuple[HdabKeyConfig, ...] = ()
+
+
+class RetentionConfig(ConfigModel):
+    """How long the results of ended studies are kept.
+
+    ``days``: results, result documents and parameters of studies that ended more than this
+    many days ago are deleted (the study and task rows stay, marked purged, and the audit log
+    keeps every entry); None keeps everything forever.
+    """
+
+    days: int | None = Field(default=None, ge=0)
+    check_interval_seconds: float = Field(default=3600.0, gt=0)
+
+
 class CoordinatorConfig(ConfigModel):
     listen: Listen = Listen(host="127.0.0.1", port=50051)
     tls: TlsFiles
@@ -48,6 +79,22 @@ class CoordinatorConfig(ConfigModel):
     studies: StudyDefaults = StudyDefaults()
     # Largest result a node may send for one task (it is held in memory while it arrives).
     max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    permits: PermitsConfig = PermitsConfig()
+    # OpenID Connect: researchers, operators and auditors may call with a bearer token instead
+    # of a certificate, on `token_listen` (server TLS only; nodes always use `listen`).
+    oidc: OidcConfig | None = None
+    token_listen: Listen | None = None
+    retention: RetentionConfig = RetentionConfig()
+
+    @model_validator(mode="after")
+    def _token_listener(self) -> CoordinatorConfig:
+        # grpcio cannot ask for a client certificate without requiring one: a port that accepts
+        # tokens (no certificate) cannot also see the nodes' certificates, hence two ports.
+        if self.oidc is not None and self.token_listen is None:
+            raise ValueError("token_listen: required when oidc is set (the port for token callers)")
+        if self.oidc is None and self.token_listen is not None:
+            raise ValueError("token_listen: only with oidc (tokens are checked against it)")
+        return self
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:

@@ -11,7 +11,11 @@ What is NOT written on every message: a node's last-seen time (heartbeats would 
 write per node every few seconds), and a task's progress (`progress.py`). They live in memory and
 are flushed periodically (progress also with the task's next change) and at shutdown. Watch
 streams wake at once for a change of state, at most every `PROGRESS_NOTIFY_INTERVAL_S` for
-progress alone.
+progress alone. Two exceptions: a task held at its node for release (stage AWAITING_RELEASE) is
+written at once, and a node's audit chain head is recorded (an anchor in the coordinator's
+chain) whenever it differs from the one recorded last.
+
+The register of permits, the audit entries of RPCs and retention are in `governance.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Final
 from cryptography import x509
 
 from ehds.analyses.registry import Registry
+from ehds.audit import AuditFormatError, AuditRef
 from ehds.coordinator.config import CoordinatorConfig
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import NodeRevokedError, ProtocolVersionError
@@ -36,10 +41,14 @@ from ehds.coordinator.progress import LiveProgress
 from ehds.coordinator.revocation import RevocationChecker
 from ehds.coordinator.state.node_changes import Report
 from ehds.coordinator.state.store import ResultOutcome, Store, StudyPage
+from ehds.coordinator.state.transitions import Viewer
 from ehds.coordinator.state.worker import DatabaseWorker, WorkerClosedError
 from ehds.coordinator.streams import CloseCode, NodeSession, NodeStreams
 from ehds.coordinator.validation import validate_spec
 from ehds.federation.chunks import PayloadError
+from ehds.federation.model import (
+    AuditRef as ModelAuditRef,
+)
 from ehds.federation.model import (
     Heartbeat,
     Hello,
@@ -55,10 +64,12 @@ from ehds.federation.model import (
     TaskAssignment,
     TaskOutcome,
     TaskProgress,
+    TaskStage,
     Welcome,
 )
 from ehds.federation.serde import ProtocolViolation
 from ehds.federation.version import PROTOCOL_MAJOR, PROTOCOL_MINOR
+from ehds.pki.identity import Identity, Role
 
 __all__ = ["SOFTWARE", "Dispatcher", "StudyNotifier", "negotiate"]
 
@@ -175,6 +186,8 @@ class Dispatcher:
         metrics: CoordinatorMetrics,
         revocation: RevocationChecker,
         max_result_bytes: int,
+        store: Store,
+        certificate_pem: bytes = b"",
     ) -> None:
         self._config = config
         self._db = db
@@ -182,7 +195,8 @@ class Dispatcher:
         self._metrics = metrics
         self._revocation = revocation
         self._max_result_bytes = max_result_bytes
-        self.store = Store(registry, min_cell_count=config.studies.min_cell_count)
+        self._certificate_pem = certificate_pem
+        self.store = store
         self.streams = NodeStreams()
         self._notifier = StudyNotifier()
         self._progress = LiveProgress()
@@ -317,6 +331,10 @@ class Dispatcher:
                 coordinator_software=SOFTWARE,
                 # Since 1.1; a 1.0 node would not expect it.
                 coordinator_time=_now() if version.minor >= 1 else None,
+                # Since 1.3: the certificate whose key signs every TaskAssignment. Sent to every
+                # node (an older one ignores it): a node that verifies assignments does so
+                # whatever minor version it negotiated.
+                coordinator_certificate=self._certificate_pem,
             )
         )
         previous = self.streams.register(session)
@@ -342,6 +360,7 @@ class Dispatcher:
             self._revoked.add(name)
             self.close_session(session)
             raise NodeRevokedError(name)
+        session.audit_head = outcome.audit_head
         self._metrics.stream_connects.inc()
         log.info("node %s connected (protocol %s)", name, version)
         return session
@@ -369,6 +388,9 @@ class Dispatcher:
         session.seen()
         name = session.name
         future: asyncio.Future[Any] | None = None
+        if isinstance(message, Heartbeat | TaskOutcome | ResultChunk):
+            # Before the message itself: the head the node recorded its change under.
+            self._record_audit_head(session, message.audit_head)
         match message:
             case Heartbeat():
                 if not session.reconciled:
@@ -447,13 +469,32 @@ class Dispatcher:
             lambda s: self.store.task_result(s, _now(), name, task_id, payload), committed
         )
 
+    def _record_audit_head(self, session: NodeSession, head: ModelAuditRef | None) -> None:
+        """Queue an anchor of the node's audit chain head unless it is the one recorded last.
+        A head that is not of the node's own chain is ignored (and logged): a node speaks for
+        its own chain only."""
+        if head is None or (head.seq, head.hash) == session.audit_head:
+            return
+        name = session.name
+        try:
+            if head.chain != str(Identity(name, Role.NODE)):
+                raise AuditFormatError("chain: not the node's own chain")
+            anchor = AuditRef(head.chain, head.seq, head.hash)
+        except AuditFormatError as exc:
+            log.warning("ignored an audit head from node %s: %s", name, exc)
+            return
+        session.audit_head = (head.seq, head.hash)
+        self._db.enqueue(lambda s: self.store.node_audit_head(s, name, anchor))
+
     def _on_progress(self, name: str, message: TaskProgress) -> None:
-        """In memory (see `progress.py`): no database write."""
+        """In memory (see `progress.py`): no database write, except when a task enters or
+        leaves AWAITING_RELEASE (held at its node for release: a state, and audited)."""
+        previous = self._stage_of(message.task_id)
         entry = self._progress.report(
             name, message.task_id, message.stage, message.fraction, _now()
         )
         if entry is not None:
-            self._notifier.notify_progress(entry.study_id)
+            self._reported(name, message, previous)
         elif self._progress.known(message.task_id):
             log.warning(
                 "ignored TaskProgress from node %s for task %r: not its task",
@@ -477,15 +518,28 @@ class Dispatcher:
             return  # the task ended meanwhile: progress no longer matters
         if not self._progress.known(message.task_id):
             self._progress.assigned(message.task_id, name, holder[1])
-        entry = self._progress.report(
-            name, message.task_id, message.stage, message.fraction, _now()
-        )
-        if entry is not None:
-            self._notifier.notify_progress(entry.study_id)
+        previous = self._stage_of(message.task_id)
+        if self._progress.report(name, message.task_id, message.stage, message.fraction, _now()):
+            self._reported(name, message, previous)
+
+    def _stage_of(self, task_id: str) -> TaskStage | None:
+        entry = self._progress.entry(task_id)
+        return entry.stage if entry is not None else None
+
+    def _reported(self, name: str, message: TaskProgress, previous: TaskStage | None) -> None:
+        """After a report was recorded in memory: write a move into or out of
+        AWAITING_RELEASE at once (the others lazily), and wake the study's watchers."""
+        entry = self._progress.entry(message.task_id)
+        assert entry is not None  # just recorded
+        held = TaskStage.AWAITING_RELEASE
+        if message.stage is held or (previous is held and message.stage is not held):
+            entry.persisted = False
+            self._persist_running(name, message.task_id)
+        self._notifier.notify_progress(entry.study_id)
 
     def _persist_running(self, name: str, task_id: str) -> None:
-        """Before a task's next change is queued: write its RUNNING state (and audit event) if
-        only memory holds it, in the same group of writes."""
+        """Before a task's next change is queued: write its RUNNING (or AWAITING_RELEASE) state
+        and audit entry if only memory holds it, in the same group of writes."""
         entry = self._progress.entry(task_id)
         if entry is None or entry.node != name or entry.persisted or entry.updated_at is None:
             return
@@ -581,21 +635,18 @@ class Dispatcher:
         log.info("study %s submitted by %s (%s)", study.id, submitter, spec.analysis)
         return study
 
-    async def get(self, submitter: str | None, study_id: str) -> Study:
+    async def get(self, viewer: Viewer, study_id: str) -> Study:
         study = await self._db.read(
-            lambda s: self.store.get_study(s, submitter, study_id, with_parameters=True)
+            lambda s: self.store.get_study(s, viewer, study_id, with_parameters=True)
         )
         return self._progress.overlay(study)
 
-    async def list_studies(
-        self, submitter: str | None, page_size: int, after: int | None
-    ) -> StudyPage:
-        page = await self._db.read(
-            lambda s: self.store.list_studies(s, submitter, page_size, after)
-        )
+    async def list_studies(self, viewer: Viewer, page_size: int, after: int | None) -> StudyPage:
+        page = await self._db.read(lambda s: self.store.list_studies(s, viewer, page_size, after))
         return replace(page, studies=[self._progress.overlay(study) for study in page.studies])
 
     async def cancel(self, submitter: str, study_id: str, reason: str) -> Study:
+        """Cancel a study the researcher may see (theirs, or one under a permit they hold)."""
         connected = self.streams.names()
         study, _ = await self._db.write(
             lambda s: self.store.cancel(
@@ -605,12 +656,12 @@ class Dispatcher:
         )
         return self._progress.overlay(study)
 
-    async def watch(self, submitter: str | None, study_id: str) -> AsyncIterator[Study]:
+    async def watch(self, viewer: Viewer, study_id: str) -> AsyncIterator[Study]:
         """The study now, then after each change until it is final."""
         event = self._notifier.event(study_id)
         study = self._progress.overlay(
             await self._db.read(
-                lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+                lambda s: self.store.get_study(s, viewer, study_id, with_parameters=False)
             )
         )
         yield study
@@ -621,15 +672,15 @@ class Dispatcher:
             event = self._notifier.event(study_id)
             latest = self._progress.overlay(
                 await self._db.read(
-                    lambda s: self.store.get_study(s, submitter, study_id, with_parameters=False)
+                    lambda s: self.store.get_study(s, viewer, study_id, with_parameters=False)
                 )
             )
             if latest != study:
                 study = latest
                 yield study
 
-    async def results(self, submitter: str | None, study_id: str) -> bytes:
-        return await self._db.read(lambda s: self.store.result_document(s, submitter, study_id))
+    async def results(self, viewer: Viewer, study_id: str) -> bytes:
+        return await self._db.read(lambda s: self.store.result_document(s, viewer, study_id))
 
     # ------------------------------------------------------------------ nodes (admin)
 

@@ -4,7 +4,7 @@ Nodes report progress (stage, fraction) several times per task; writing each rep
 re-reading the study for every Watch stream it wakes, was most of the coordinator's work on a
 short study. Here a report updates this table on the event loop. What the researcher sees is the
 stored study with the table laid over it (`overlay`): a task the node reported on shows RUNNING
-with its stage and fraction, whatever its stored open state.
+(AWAITING_RELEASE in that stage) with its stage and fraction, whatever its stored open state.
 
 The RUNNING state (and its audit event) is written lazily: with the task's next change (its
 result or outcome, in the same group of writes) and by the periodic flush. After a restart a
@@ -25,7 +25,14 @@ from ehds.federation.model import NodeTaskState, Study, StudyState, TaskStage
 
 __all__ = ["LiveProgress", "ProgressEntry"]
 
-_OPEN_AT_NODE = frozenset({NodeTaskState.DISPATCHED, NodeTaskState.RECEIVED, NodeTaskState.RUNNING})
+_OPEN_AT_NODE = frozenset(
+    {
+        NodeTaskState.DISPATCHED,
+        NodeTaskState.RECEIVED,
+        NodeTaskState.RUNNING,
+        NodeTaskState.AWAITING_RELEASE,
+    }
+)
 
 
 @dataclass
@@ -94,7 +101,8 @@ class LiveProgress:
                 del self._tasks[entry.task_id]
 
     def overlay(self, study: Study) -> Study:
-        """``study`` as stored, with the progress reported since laid over its open tasks."""
+        """``study`` as stored, with the progress reported since laid over its open tasks: a
+        task the node reported on is RUNNING, or AWAITING_RELEASE in that stage."""
         if study.state.is_final:
             return study
         entries = self._studies.get(study.id)
@@ -114,7 +122,11 @@ class LiveProgress:
             nodes.append(
                 replace(
                     status,
-                    state=NodeTaskState.RUNNING,
+                    state=(
+                        NodeTaskState.AWAITING_RELEASE
+                        if entry.stage is TaskStage.AWAITING_RELEASE
+                        else NodeTaskState.RUNNING
+                    ),
                     stage=entry.stage,
                     fraction=entry.fraction,
                     updated_at=updated,

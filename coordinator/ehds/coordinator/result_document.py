@@ -35,12 +35,12 @@ def node_results(contents: Mapping[str, bytes]) -> dict[str, JsonObject]:
 
 def contribution_summary(study: StudyRow, tasks: Sequence[TaskRow]) -> str:
     """E.g. "2 of 3 nodes contributed, min_nodes is 3: node-dk refused (POLICY_REFUSED)"."""
-    done = sum(1 for task in tasks if task.state == NodeTaskState.DONE.name)
+    done = sum(1 for task in tasks if task.state == NodeTaskState.RELEASED.name)
     text = f"{done} of {len(tasks)} nodes contributed, min_nodes is {study.min_nodes}"
     others = []
     for task in sorted(tasks, key=lambda t: t.node_name):
         state = NodeTaskState[task.state]
-        if state is NodeTaskState.DONE:
+        if state is NodeTaskState.RELEASED:
             continue
         code = ErrorCode[task.error_code]
         detail = f" ({code.name})" if code is not ErrorCode.UNSPECIFIED else ""
@@ -55,7 +55,7 @@ def build_result_document(
     results: Mapping[str, JsonObject],
 ) -> bytes:
     """Canonical JSON of the document; runs `Analysis.aggregate` over ``results`` (node ->
-    released result, DONE tasks only)."""
+    released result, RELEASED tasks only)."""
     params = analysis.parse_parameters(study.parameters)
     pooled = analysis.aggregate(params, results)
     nodes = [

@@ -63,6 +63,7 @@ class NodeSession:
         "_close",
         "_queue",
         "assemblers",
+        "audit_head",
         "certificate_pem",
         "connected_at",
         "dirty",
@@ -93,6 +94,8 @@ class NodeSession:
         # The first Heartbeat after connect reconciles in-flight tasks; later ones do not.
         self.reconciled = False
         self.assemblers: dict[str, PayloadAssembler] = {}
+        # (seq, hash) of the node's audit chain head last recorded in the coordinator's chain.
+        self.audit_head: tuple[int, str] | None = None
         self._queue: asyncio.Queue[CoordinatorMessage | _Wakeup] = asyncio.Queue()
         self._close: CloseStatus | None = None
 

@@ -11,8 +11,9 @@ models) serves the client, the coordinator and the nodes, so the checks agree.
     parameters: {age_band_edges: [0, 18, 45, 65]}
     min_nodes: 2            # default 1
     deadline_seconds: 600   # default 600
-    target_nodes: [fr, fi]  # default: every node
-    data_permit_id: ""      # default none
+    target_nodes: [fr, fi]  # default: every node the permit covers
+    data_permit_id: FI-2026-042   # the registered permit it runs under (the coordinator
+                                  # refuses a study without one: permit.missing)
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class StudyFile(ConfigModel):
     min_nodes: int = Field(default=1, ge=1, le=UINT32_MAX)
     deadline_seconds: int = Field(default=600, ge=1, le=UINT32_MAX)
     target_nodes: tuple[str, ...] = ()
-    data_permit_id: str = Field(default="", max_length=200)
+    data_permit_id: str = Field(min_length=1, max_length=200)
 
     @field_validator("target_nodes")
     @classmethod

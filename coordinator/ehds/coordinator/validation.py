@@ -8,17 +8,18 @@ can point at the line of the study file. Parameter values are never echoed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from ehds.analyses.base import Analysis, InvalidParametersError
 from ehds.analyses.registry import Registry
 from ehds.coordinator.config import StudyDefaults
-from ehds.coordinator.errors import InvalidStudyError
+from ehds.coordinator.errors import InvalidStudyError, StudyPermitError
 from ehds.core.errors import InputError
 from ehds.federation import limits
 from ehds.federation.model import StudySpec
+from ehds.permits import PermitRefusal
 from ehds.pki.identity import NAME_PATTERN
 
 __all__ = ["ValidatedSpec", "resolve_targets", "validate_spec"]
@@ -55,6 +56,8 @@ def validate_spec(
 ) -> ValidatedSpec:
     if len(spec.title) > MAX_TITLE_CHARS:
         raise InvalidStudyError(f"spec.title: at most {MAX_TITLE_CHARS} characters")
+    if not spec.data_permit_id:
+        raise StudyPermitError(PermitRefusal.MISSING)
     if len(spec.data_permit_id) > MAX_PERMIT_ID_CHARS:
         raise InvalidStudyError(f"spec.data_permit_id: at most {MAX_PERMIT_ID_CHARS} characters")
     if len(request_id) > MAX_REQUEST_ID_CHARS:
@@ -107,11 +110,15 @@ def validate_spec(
     )
 
 
-def resolve_targets(spec: StudySpec, nodes: Mapping[str, bool]) -> list[str]:
-    """The nodes the study runs at, sorted. ``nodes``: every known node name -> revoked.
+def resolve_targets(
+    spec: StudySpec, nodes: Mapping[str, bool], covered: Collection[str] | None = None
+) -> list[str]:
+    """The nodes the study runs at, sorted. ``nodes``: every known node name -> revoked;
+    ``covered``: the nodes the study's permit covers (None: no limit).
 
-    A named target must be a node that has connected at least once and is not revoked; no
-    targets means every known node that is not revoked.
+    A named target must be a node that has connected at least once and is not revoked (the
+    permit's coverage of a named target is checked before, with its own reason code); no
+    targets means every known node that the permit covers and that is not revoked.
     """
     if spec.target_nodes:
         unknown = [name for name in spec.target_nodes if name not in nodes]
@@ -124,10 +131,16 @@ def resolve_targets(spec: StudySpec, nodes: Mapping[str, bool]) -> list[str]:
             raise InvalidStudyError("spec.target_nodes: revoked: " + ", ".join(revoked))
         targets = list(spec.target_nodes)
     else:
-        targets = sorted(name for name, is_revoked in nodes.items() if not is_revoked)
+        allowed = set(nodes) if covered is None else set(covered)
+        targets = sorted(
+            name for name, is_revoked in nodes.items() if not is_revoked and name in allowed
+        )
         if not targets:
             raise InvalidStudyError(
-                "spec.target_nodes: empty, and no node has connected to this coordinator yet"
+                "spec.target_nodes: empty, and none of the nodes the permit covers has "
+                "connected to this coordinator yet"
+                if covered is not None
+                else "spec.target_nodes: empty, and no node has connected to this coordinator yet"
             )
     if spec.min_nodes > len(targets):
         raise InvalidStudyError(

@@ -1,15 +1,20 @@
 """``ehds demo``: the main job, a whole federation on this machine.
 
-A CA and certificates, a coordinator and three country nodes (FR, FI, DK) as separate OS
-processes over mutual TLS, each node with its own synthetic OMOP CDM; a researcher submits a
-study (persons by sex and age band), watches it, and gets per-node and pooled results. Nothing
-is faked: the processes are the ones an operator runs (`ehds coordinator serve`,
-`ehds node serve`), reading configuration files the demo writes under ``--workdir``.
+A CA and certificates, a health data access body (HDAB) that signs a data permit, a coordinator
+and three country nodes (FR, FI, DK) as separate OS processes over mutual TLS, each node with
+its own synthetic OMOP CDM and a policy pinning the HDAB's key. The researcher registers the
+permit and submits three studies under it; node FI's policy holds incidence results for a
+human release, which its operator reviews and releases with `ehds node review`; the researcher
+gets per-node and pooled results; finally every process's audit chain is exported and checked
+with `ehds audit verify` against the heads the other side recorded. Nothing is faked: the
+processes and commands are the ones operators run, reading the files the demo writes under
+``--workdir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +24,10 @@ from typing import Any
 DEMO_COUNTRIES = ("fr", "fi", "dk")
 CONNECT_TIMEOUT_S = 60.0
 STUDY_TIMEOUT_S = 300.0
+HELD_NODE = "node-fi"
+HELD_ANALYSIS = "incidence"
+"""The node whose policy holds one analysis's results for its operator's release."""
+RELEASED_BY = "fi-data-steward"
 
 
 def _say(text: str) -> None:
@@ -41,6 +50,61 @@ def wait_for_nodes(operator_config: Path, names: Sequence[str], timeout: float) 
                 missing = ", ".join(sorted(set(names) - set(connected)))
                 raise StateError(f"nodes not connected after {timeout:.0f} s: {missing}")
             time.sleep(0.1)
+
+
+def ehds(*args: str) -> str:
+    """Run an ``ehds`` command as an operator would; its output (a failure raises)."""
+    from ehds.core.errors import StateError
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ehds.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise StateError(f"ehds {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"      {line}" for line in text.rstrip().splitlines())
+
+
+def wait_for_held(client: Any, study_id: str, node: str, timeout: float) -> None:
+    """Wait until ``node`` holds the study's result for release."""
+    from ehds.core.errors import StateError
+    from ehds.federation.model import NodeTaskState
+
+    deadline = time.monotonic() + timeout
+    while True:
+        study = client.get(study_id)
+        states = {status.node_name: status.state for status in study.nodes}
+        if states.get(node) is NodeTaskState.AWAITING_RELEASE:
+            return
+        if study.state.is_final or time.monotonic() > deadline:
+            raise StateError(
+                f"study {study_id}: {node} is {states.get(node)}, not awaiting release"
+            )
+        time.sleep(0.2)
+
+
+def audit_all(federation: Any, folder: Path) -> list[str]:
+    """Export every process's audit chain and verify each against the others' records."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chains = {"coordinator": federation.coordinator_config}
+    chains.update({name: node.config for name, node in federation.nodes.items()})
+    exported = {}
+    for name, config in chains.items():
+        exported[name] = folder / f"{name}.jsonl"
+        ehds("audit", "export", "--config", str(config), "-o", str(exported[name]))
+    lines = []
+    for name, config in chains.items():
+        others = [str(path) for other, path in exported.items() if other != name]
+        against = [arg for path in others for arg in ("--against", path)]
+        lines.append(ehds("audit", "verify", "--config", str(config), *against).strip())
+    return lines
 
 
 def _progress_line(study: Any) -> str:
@@ -152,20 +216,40 @@ def _demo(args: argparse.Namespace) -> int:
 
     root: Path = args.workdir.resolve() / "federation"
     started = time.monotonic()
-    _say(f"[1/5] federation files under {root}")
+    _say(f"[1/7] federation files under {root}")
     federation = prepare(
-        root, DEMO_COUNTRIES, persons=args.persons, seed=args.seed, analyses=DEMO_ANALYSES
+        root,
+        DEMO_COUNTRIES,
+        persons=args.persons,
+        seed=args.seed,
+        analyses=DEMO_ANALYSES,
+        manual_release={HELD_NODE: [HELD_ANALYSIS]},
     )
     (root / "cohort-type2-diabetes.yaml").write_text(
         yaml.safe_dump(DEMO_COHORT["yaml"], sort_keys=False), encoding="utf-8"
     )
     _say(f"      CA, certificates for coordinator, {', '.join(federation.nodes)}, researcher")
     _say(f"      a synthetic OMOP CDM per node ({args.persons:,} persons each, DuckDB)")
+    _say(
+        f"      HDAB key {federation.hdab_public_key.name}, pinned in every node's policy.yaml;"
+        f" {HELD_NODE} holds {HELD_ANALYSIS} results for its operator's release"
+    )
+    _say(
+        _indented(
+            ehds(
+                "permit",
+                "verify",
+                str(federation.permit_file),
+                "--hdab-key",
+                str(federation.hdab_public_key),
+            )
+        )
+    )
     with running(federation, nodes=False):
         coordinator = federation.processes["coordinator"]
         _say(
-            f"[2/5] coordinator pid {coordinator.pid} on 127.0.0.1:{federation.coordinator_port}"
-            " (mutual TLS)"
+            f"[2/7] coordinator pid {coordinator.pid} on 127.0.0.1:{federation.coordinator_port}"
+            f" (mutual TLS); permit {federation.permit_id} registered by demo-researcher"
         )
         for name in federation.nodes:
             node = federation.start_node(name)
@@ -173,7 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
         connected = wait_for_nodes(
             federation.operator_config, list(federation.nodes), CONNECT_TIMEOUT_S
         )
-        _say(f"[3/5] connected (identity from each node's certificate): {', '.join(connected)}")
+        _say(f"[3/7] connected (identity from each node's certificate): {', '.join(connected)}")
 
         documents: list[tuple[str, str, dict[str, Any]]] = []
         with CoordinatorClient(load_client_config(federation.researcher_config)) as client:
@@ -185,10 +269,41 @@ def _demo(args: argparse.Namespace) -> int:
                     parameters=json.dumps(parameters, sort_keys=True).encode(),
                     min_nodes=len(federation.nodes),
                     deadline_seconds=int(STUDY_TIMEOUT_S),
+                    data_permit_id=federation.permit_id,
                 )
                 study = client.submit(spec)
                 submitted.append((title, analysis, study.id))
-                _say(f"[4/5] study {study.id} submitted by demo-researcher: {title}")
+                _say(
+                    f"[4/7] study {study.id} submitted by demo-researcher under permit "
+                    f"{federation.permit_id}: {title}"
+                )
+            held = next(
+                study_id for _, analysis, study_id in submitted if analysis == HELD_ANALYSIS
+            )
+            wait_for_held(client, held, HELD_NODE, STUDY_TIMEOUT_S)
+            node_config = str(federation.nodes[HELD_NODE].config)
+            task_id = f"{held}.{HELD_NODE}"
+            _say(f"[5/7] {HELD_NODE} holds study {held}'s result; the coordinator has none yet.")
+            _say(f"      $ ehds node review list --config {node_config}")
+            _say(_indented(ehds("node", "review", "list", "--config", node_config)))
+            _say(f"      $ ehds node review show {task_id} (excerpt)")
+            shown = ehds("node", "review", "show", task_id, "--config", node_config)
+            _say(_indented("\n".join(shown.splitlines()[:12])))
+            _say(f"      $ ehds node review release {task_id} --as {RELEASED_BY}")
+            _say(
+                _indented(
+                    ehds(
+                        "node",
+                        "review",
+                        "release",
+                        task_id,
+                        "--config",
+                        node_config,
+                        "--as",
+                        RELEASED_BY,
+                    )
+                )
+            )
             last = ""
 
             def show(snapshot: Any) -> None:
@@ -204,7 +319,7 @@ def _demo(args: argparse.Namespace) -> int:
                     _say(f"study {study_id} ended {final.state.name}: {final.state_reason}")
                     return 1
                 documents.append((title, analysis, client.results(study_id)))
-        _say("[5/5] results (cells under 10 suppressed at each node before release)")
+        _say("[6/7] results (cells under 10 suppressed at each node before release)")
         for title, analysis, document in documents:
             _say(f"\n== {title} (study {document.get('study_id', '')})")
             _say(render_summarised(analysis, document).rstrip())
@@ -212,6 +327,12 @@ def _demo(args: argparse.Namespace) -> int:
             "\nfull long tables: ehds study results STUDY_ID --format table|csv|parquet "
             f"--config {federation.researcher_config}"
         )
+        _say(
+            "\n[7/7] audit: each process's chain exported (ehds audit export) and verified "
+            "against the heads the others recorded"
+        )
+        for line in audit_all(federation, root / "audit"):
+            _say(f"      {line}")
     left = federation.running_pids()
     if left:
         print(f"ehds demo: processes still running: {left}", file=sys.stderr)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +43,14 @@ ENGINES = ("duckdb", "postgresql", "spark")
 
 SPARK_MASTER = "local[1]"
 """A local federation's Spark nodes share one machine with the rest: one core each."""
+
+HDAB_NAME = "demo-hdab"
+"""The local federation's health data access body: one signing key, pinned by every node."""
+
+PERMIT_ID = "demo-permit"
+"""The data permit `prepare` issues to the researcher: every node, every allowed analysis."""
+
+PERMIT_DAYS = 30
 
 
 class FederationProcessError(StateError):
@@ -157,7 +166,14 @@ class LocalFederation:
     coordinator_config: Path
     researcher_config: Path
     operator_config: Path
+    auditor_config: Path
     nodes: dict[str, NodeSetup]
+    # The HDAB's signing key (private: what the HDAB's own system holds) and public key.
+    hdab_key: Path
+    hdab_public_key: Path
+    # The permit `prepare` issued (PERMIT_ID), registered at the coordinator on its first start.
+    permit_file: Path
+    permit_id: str = PERMIT_ID
     coordinator_port: int = 0
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=_child_env)
@@ -180,9 +196,19 @@ class LocalFederation:
             _rewrite_yaml(self.coordinator_config, ("listen", "port"), port)
             for node in self.nodes.values():
                 _rewrite_yaml(node.config, ("coordinator", "address"), f"127.0.0.1:{port}")
-            for client in (self.researcher_config, self.operator_config):
+            for client in (self.researcher_config, self.operator_config, self.auditor_config):
                 _rewrite_yaml(client, ("coordinator", "address"), f"127.0.0.1:{port}")
+        self.register_permit(self.permit_file)
         return process
+
+    def register_permit(self, permit_file: Path) -> None:
+        """Register a permit as the researcher (a holder), as `ehds permit register` does.
+        Registering the same document again is a no-op, so a restarted coordinator is fine."""
+        from ehds.coordinator.client import CoordinatorClient
+        from ehds.coordinator.client_config import load_client_config
+
+        with CoordinatorClient(load_client_config(self.researcher_config)) as client:
+            client.register_permit(permit_file.read_bytes())
 
     def start_node(self, name: str) -> ManagedProcess:
         if self.coordinator_port == 0:
@@ -248,6 +274,8 @@ def prepare(
     engines: Mapping[str, str] | None = None,
     postgres_urls: Mapping[str, str] | None = None,
     cdm_profile: str | None = None,
+    manual_release: Mapping[str, Sequence[str]] | None = None,
+    permit_nodes: Sequence[str] = (),
 ) -> LocalFederation:
     """Create CA, certificates, country CDMs and configuration files under ``root`` (emptied).
 
@@ -260,9 +288,18 @@ def prepare(
     ``postgres_urls`` gives for it; a Spark node's CDM is exported to the Parquet layout in its
     folder. ``cdm_profile`` gives every node the CDM of that one country profile (same persons,
     same ids): identical CDMs, for comparing engines.
+
+    Governance: an HDAB key (``hdab/``) pinned in every node's policy and trusted by the
+    coordinator, and a permit (``permits/demo-permit.json``) for ``demo-researcher`` covering
+    every node and every analysis a policy allows. Results are released automatically, except
+    the analyses ``manual_release`` names for a node (``{"node-fi": ["incidence"]}``), which wait
+    for that node's operator (`ehds node review release`). ``permit_nodes`` adds nodes the
+    permit covers beyond the federation's own (nodes a benchmark starts by other means).
     """
+    from ehds.core.signing import Signer
     from ehds.omop.database import CdmDatabase
     from ehds.omop.synth import SynthOptions, generate
+    from ehds.permits import Permit, create_hdab_key, issue_permit
     from ehds.pki import Role, init_authority, issue_certificate
 
     engines = dict(engines or {})
@@ -281,7 +318,10 @@ def prepare(
     issue_certificate(pki, Role.COORDINATOR, "coordinator")
     issue_certificate(pki, Role.RESEARCHER, "demo-researcher")
     issue_certificate(pki, Role.OPERATOR, "demo-operator")
+    issue_certificate(pki, Role.AUDITOR, "demo-auditor")
     issued = pki / "issued"
+    hdab_key, hdab_public_key = create_hdab_key(root / "hdab", HDAB_NAME)
+    hdab_keys = [{"name": HDAB_NAME, "public_key": str(hdab_public_key)}]
 
     def tls(name: str) -> dict[str, str]:
         return {
@@ -304,10 +344,11 @@ def prepare(
             "keepalive": {"time_seconds": keepalive[0], "timeout_seconds": keepalive[1]},
             "heartbeat_interval_seconds": heartbeat_interval_seconds,
             "studies": {"min_cell_count": min_cell_count},
+            "permits": {"hdab_keys": hdab_keys},
         },
     )
     clients = {}
-    for role_name in ("researcher", "operator"):
+    for role_name in ("researcher", "operator", "auditor"):
         path = root / f"{role_name}.yaml"
         _write_yaml(
             path,
@@ -340,13 +381,18 @@ def prepare(
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(cdm, cached)
         allowed = (node_policies or {}).get(name, analyses)
+        manual = set((manual_release or {}).get(name, ()))
         policy = folder / "policy.yaml"
         _write_yaml(
             policy,
             {
                 "version": "demo-1",
                 "min_cell_count": min_cell_count,
-                "analyses": [{"name": n, "version": v} for n, v in allowed],
+                "hdab_keys": hdab_keys,
+                "analyses": [
+                    {"name": n, "version": v, "release": "manual" if n in manual else "auto"}
+                    for n, v in allowed
+                ],
             },
         )
         engine = engines.get(name, "duckdb")
@@ -365,13 +411,39 @@ def prepare(
             },
         )
         nodes[name] = NodeSetup(name, country, folder, cdm, config, policy, engine)
+    covered = {n for n, _ in analyses}
+    for allowed in (node_policies or {}).values():
+        covered |= {n for n, _ in allowed}
+    now = datetime.now(UTC)
+    permit_file = root / "permits" / f"{PERMIT_ID}.json"
+    permit_file.parent.mkdir()
+    permit_file.write_bytes(
+        issue_permit(
+            Signer.from_file(hdab_key),
+            Permit(
+                id=PERMIT_ID,
+                issuer=HDAB_NAME,
+                holders=("demo-researcher",),
+                purpose="Demonstration and tests of the federation on synthetic data",
+                nodes=tuple(sorted({*nodes, *permit_nodes})),
+                analyses=tuple(sorted(covered)),
+                valid_from=now - timedelta(minutes=5),
+                valid_until=now + timedelta(days=PERMIT_DAYS),
+                issued_at=now,
+            ),
+        )
+    )
     return LocalFederation(
         root=root,
         pki=pki,
         coordinator_config=coordinator_config,
         researcher_config=clients["researcher"],
         operator_config=clients["operator"],
+        auditor_config=clients["auditor"],
         nodes=nodes,
+        hdab_key=hdab_key,
+        hdab_public_key=hdab_public_key,
+        permit_file=permit_file,
     )
 
 

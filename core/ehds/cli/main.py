@@ -14,11 +14,13 @@ from collections.abc import Sequence
 
 from ehds.cli import (
     admin_commands,
+    audit_commands,
     cohort_command,
     coordinator_commands,
     demo_command,
     node_commands,
     omop_commands,
+    permit_commands,
     pki_commands,
     study_commands,
 )
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_commands.register(areas)
     study_commands.register(areas)
     admin_commands.register(areas)
+    audit_commands.register(areas)
+    permit_commands.register(areas)
     cohort_command.register(areas)
     demo_command.register(areas)
     return parser

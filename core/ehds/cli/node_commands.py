@@ -1,12 +1,19 @@
-"""`ehds node serve|check`: run a node agent, or check its configuration without connecting."""
+"""`ehds node serve|check|policy|review`: run a node agent, check its configuration, explain
+its policy, and review the results it holds for release."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ehds.node.review import ReviewStore
 
 
 def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,6 +47,66 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     check.add_argument("--config", type=Path, required=True, help="node.yaml")
     check.set_defaults(handler=_check)
 
+    _register_policy(commands)
+    _register_review(commands)
+
+
+def _register_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = commands.add_parser("policy", help="explain the site policy")
+    actions = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    explain = actions.add_parser(
+        "explain",
+        help="what the policy allows, and its verdict on a hypothetical task",
+        description="Prints the pinned HDAB keys (with key ids), the analyses with versions and "
+        "release modes, the researchers, the threshold and the retention. With --analysis, "
+        "--researcher and/or --permit: each rule's answer for that task, in the order the node "
+        "applies them, and the verdict (exit 1 when a rule refuses).",
+    )
+    explain.add_argument("--config", type=Path, required=True, help="node.yaml")
+    explain.add_argument("--analysis", metavar="NAME[@VERSION]", help="the task's analysis")
+    explain.add_argument("--researcher", metavar="NAME", help="who would submit the study")
+    explain.add_argument("--permit", type=Path, metavar="FILE", help="the data permit document")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(handler=_policy_explain)
+
+
+def _register_review(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    review = commands.add_parser(
+        "review",
+        help="results held for release (policy release: manual): list, show, release, reject",
+        description="Results of analyses the policy releases manually wait at the node until "
+        "an operator releases or rejects them. Decisions are recorded in the node's state "
+        "database; the running node applies them within a second, audits them and sends the "
+        "result (release) or RELEASE_REJECTED (reject).",
+    )
+    actions = review.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
+    listing = actions.add_parser("list", help="the results held for release")
+    show = actions.add_parser(
+        "show", help="exactly what would be sent: the rows of a held result and its SHA-256"
+    )
+    show.add_argument("task_id", metavar="TASK")
+    show.add_argument(
+        "--raw", action="store_true", help="write the exact bytes that would be sent to stdout"
+    )
+    release = actions.add_parser("release", help="release a held result to the coordinator")
+    release.add_argument("task_id", metavar="TASK")
+    reject = actions.add_parser("reject", help="reject a held result (RELEASE_REJECTED)")
+    reject.add_argument("task_id", metavar="TASK")
+    for action in (listing, show, release, reject):
+        action.add_argument("--config", type=Path, required=True, help="node.yaml")
+    for action in (release, reject):
+        action.add_argument(
+            "--as",
+            dest="operator",
+            metavar="NAME",
+            help="who decides, as the audit chain names them (default: the OS user)",
+        )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_review_list)
+    show.set_defaults(handler=_review_show)
+    release.set_defaults(handler=_review_decide, decision="release")
+    reject.set_defaults(handler=_review_decide, decision="reject")
+
 
 def _serve(args: argparse.Namespace) -> int:
     from ehds.node.service import serve
@@ -61,12 +128,15 @@ def _check(args: argparse.Namespace) -> int:
 
     result = check(args.config)
     profile = result.profile
+    site = result.policy
     document = {
         "node": result.node_name,
         "policy": {
             "path": str(result.config.policy),
-            "version": result.policy.version,
-            "min_cell_count": result.policy.min_cell_count,
+            "version": site.version,
+            "digest": site.digest,
+            "min_cell_count": site.policy.min_cell_count,
+            "hdab_keys": [{"name": key.name, "key_id": key.key_id} for key in site.trusted],
         },
         "hello_profile": dataclasses.asdict(profile),
     }
@@ -85,3 +155,114 @@ def _check(args: argparse.Namespace) -> int:
         )
         status = 1
     return status
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from ehds.core.errors import InputError
+    from ehds.node.identity import certificate_name
+    from ehds.node.policy_explain import explain, render, to_json
+    from ehds.node.service import load_node
+
+    config, site = load_node(args.config)
+    permit: bytes | None = None
+    if args.permit is not None:
+        try:
+            permit = args.permit.read_bytes()
+        except OSError as exc:
+            raise InputError(f"--permit {args.permit}: cannot read ({exc.strerror})") from None
+    explanation = explain(
+        site,
+        node=certificate_name(config.tls.certificate),
+        now=datetime.now(UTC),
+        analysis=args.analysis,
+        researcher=args.researcher,
+        permit=permit,
+    )
+    if args.json:
+        print(json.dumps(to_json(explanation), indent=2))
+    else:
+        print(render(explanation), end="")
+    return 1 if explanation.refusal is not None else 0
+
+
+def _review_store(config_path: Path) -> ReviewStore:
+    from ehds.node.config import load_node_config
+    from ehds.node.review import ReviewStore
+
+    return ReviewStore(load_node_config(config_path).state)
+
+
+def _review_list(args: argparse.Namespace) -> int:
+    with _review_store(args.config) as store:
+        held = store.held()
+    if args.json:
+        rows = [
+            {
+                "task_id": h.task_id,
+                "study_id": h.study_id,
+                "analysis": {"name": h.analysis.name, "version": h.analysis.version},
+                "requested_by": h.requested_by,
+                "permit": h.permit,
+                "computed_at": None if h.computed_at is None else h.computed_at.isoformat(),
+                "size": h.size,
+                "sha256": h.sha256,
+                "pending": h.pending,
+            }
+            for h in held
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not held:
+        print("no results held for release")
+        return 0
+    for h in held:
+        when = "" if h.computed_at is None else h.computed_at.strftime("%Y-%m-%d %H:%M:%SZ")
+        pending = f"  [{h.pending}, not applied yet]" if h.pending else ""
+        print(
+            f"{h.task_id}  {h.analysis}  study {h.study_id}  for {h.requested_by or '-'}  "
+            f"permit {h.permit or '-'}  {when}  {h.size} bytes  sha256 {h.sha256[:16]}{pending}"
+        )
+    return 0
+
+
+def _review_show(args: argparse.Namespace) -> int:
+    from ehds.node.review import describe
+
+    with _review_store(args.config) as store:
+        held, payload = store.show(args.task_id)
+    if args.raw:
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+        return 0
+    print(f"task {held.task_id} (study {held.study_id}), {held.analysis}")
+    print(f"requested by {held.requested_by or '-'} under permit {held.permit or '-'}")
+    print(f"{held.size} bytes of {held.content_type}, sha256 {held.sha256}")
+    if held.pending:
+        print(f"decision recorded, not applied yet: {held.pending}")
+    print()
+    print(describe(payload), end="")
+    return 0
+
+
+def _os_user() -> str:
+    from ehds.node.review import ReviewError
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ReviewError("cannot tell who you are from the OS: give --as NAME") from None
+
+
+def _review_decide(args: argparse.Namespace) -> int:
+    from ehds.node.review import operator_actor
+    from ehds.node.state_schema import Decision
+
+    actor = operator_actor(args.operator or _os_user())
+    decision = Decision(args.decision)
+    with _review_store(args.config) as store:
+        store.decide(args.task_id, decision, actor)
+    print(
+        f"task {args.task_id}: {decision.value} recorded by {actor}; the running node applies "
+        "it within a second"
+    )
+    return 0

@@ -1,4 +1,9 @@
-"""``ehds pki ...``: the federation CA, participant certificates, revocation."""
+"""``ehds pki ...``: the federation CA, participant certificates, revocation, HDAB keys.
+
+``ehds pki hdab-key NAME --out DIR`` is the odd one out: a health data access body is not a
+participant and gets no certificate, only a key pair to sign data permits with
+(`ehds.permits`); it needs no PKI directory.
+"""
 
 from __future__ import annotations
 
@@ -95,6 +100,17 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hdab_key(args: argparse.Namespace) -> int:
+    from ehds.permits import create_hdab_key, load_hdab_key
+
+    private_path, public_path = create_hdab_key(args.out, args.name)
+    key = load_hdab_key(args.name, public_path)
+    print(f"HDAB key {args.name!r} created (key id {key.key_id})")
+    print(f"  private key  {private_path} (0600; the HDAB keeps it, signs permits with it)")
+    print(f"  public key   {public_path} (give it to the coordinator and node operators)")
+    return 0
+
+
 def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pki = areas.add_parser("pki", help="federation PKI: CA, participant certificates, CRL")
     commands = pki.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -144,3 +160,10 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     listing = commands.add_parser("list", help="list the certificates issued")
     _add_dir(listing)
     listing.set_defaults(handler=_list)
+
+    hdab = commands.add_parser(
+        "hdab-key", help="create the key pair a health data access body signs permits with"
+    )
+    hdab.add_argument("name", help="the HDAB's name (the permits' issuer): [a-z0-9][a-z0-9-]{0,62}")
+    hdab.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    hdab.set_defaults(handler=_hdab_key)

@@ -28,6 +28,8 @@ class Role(StrEnum):
     RESEARCHER = "researcher"
     # Runs the coordinator: may call AdminApi (list and revoke nodes).
     OPERATOR = "operator"
+    # Reads the coordinator's audit trail (AuditApi) and every permit and study, changes nothing.
+    AUDITOR = "auditor"
 
     @classmethod
     def parse(cls, text: str) -> Role:

@@ -17,12 +17,25 @@ Nothing here waits on a task: tasks run on the runner's threads, which report th
 `TaskEvents`; those calls hop onto the event loop and become messages on the current stream
 (progress is dropped while disconnected; ends are stored, so they are sent later). A result just
 computed is split on the worker's thread and sent as is, without reading it back from the outbox.
+
+Governance (protocol 1.3): every assignment must be signed by the coordinator certificate the
+Welcome carried, issued by the federation CA (`ehds.node.assignment_check`); a tampered,
+replayed or expired one is refused with ASSIGNMENT_REJECTED and never stored. The agent writes
+the node's audit chain (through `NodeState`) and puts its head on every Heartbeat, TaskOutcome
+and ResultChunk. A result held for an operator (``release: manual``) is announced with
+TaskProgress(AWAITING_RELEASE), on every reconnect too, and stays in flight; the agent polls the
+decisions `ehds node review` records, applies and audits them, then sends the result or
+RELEASE_REJECTED. With ``retention_days`` in the policy, ended tasks are swept periodically.
+If the deadline passes while a result is held, the coordinator times the task out; the node
+keeps the result held (an operator may still reject it, or release it: the coordinator then
+ignores or stores it as it sees fit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -32,10 +45,12 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ehds.analyses.registry import Registry, default_registry
+from ehds.audit import payload_digest
 from ehds.core.config import ConfigError
 from ehds.core.errors import EhdsError
 from ehds.federation.chunks import split_payload
 from ehds.federation.model import (
+    AuditRef,
     CancelTask,
     CoordinatorMessage,
     ErrorCode,
@@ -53,18 +68,28 @@ from ehds.federation.model import (
     Welcome,
 )
 from ehds.federation.version import PROTOCOL_VERSION
+from ehds.node.assignment_check import (
+    AssignmentRejectedError,
+    AssignmentRejection,
+    AssignmentSigner,
+    UntrustedCoordinatorError,
+    coordinator_signer,
+    verify_assignment,
+)
+from ehds.node.audit_trail import node_audit_log, to_model_ref
 from ehds.node.backoff import Backoff
 from ehds.node.config import NodeConfig
 from ehds.node.errors import NodeStartError, outcome
 from ehds.node.identity import certificate_name
 from ehds.node.link import CoordinatorLink, LinkError, LinkSettings, open_link
 from ehds.node.metrics import NodeMetrics
-from ehds.node.policy import Policy, load_policy
+from ehds.node.policy import Policy, SitePolicy, load_site_policy, trusted_keys
 from ehds.node.profile import CdmVersions, make_profile
 from ehds.node.runner import TaskRunner
-from ehds.node.state import NodeState, StoredTask
-from ehds.node.state_schema import TaskStatus
+from ehds.node.state import Admission, AppliedDecision, NodeState, StoredTask
+from ehds.node.state_schema import Decision, TaskStatus
 from ehds.node.task_engines import node_engines
+from ehds.node.upkeep import RETENTION_SWEEP_S, apply_decisions, sweep_retention
 from ehds.omop.database import CdmDatabase
 from ehds.omop.schema.layout import SchemaNames
 
@@ -97,6 +122,24 @@ def open_cdm(config: NodeConfig) -> CdmDatabase | Path:
         raise NodeStartError(f"cdm: {exc}") from None
 
 
+def _site_policy(config: NodeConfig, policy: Policy | SitePolicy) -> SitePolicy:
+    """The policy in force with its keys and digest; a bare `Policy` (embedding, tests) is
+    completed from ``config.policy``, the file it was loaded from."""
+    if isinstance(policy, SitePolicy):
+        return policy
+    try:
+        data = config.policy.read_bytes()
+        return SitePolicy(
+            policy, trusted_keys(policy, config.policy), payload_digest(data), config.policy
+        )
+    except (OSError, ConfigError) as exc:
+        raise NodeStartError(f"site policy {config.policy}: {exc}") from None
+
+
+def _awaiting_release(task_id: str) -> TaskProgress:
+    return TaskProgress(task_id, 1.0, TaskStage.AWAITING_RELEASE)
+
+
 def _stored_outcome(task: StoredTask, code: ErrorCode) -> TaskOutcome:
     """An outcome sent again: its stored text (a disclosure refusal names its rule), else the
     code's fixed text."""
@@ -113,13 +156,14 @@ class NodeAgent:
     """One node: ``await agent.run()`` until `stop()`.
 
     The caller owns ``state`` (open it with `NodeState.open`, close it after `run` returns) and
-    has loaded ``policy``; the agent re-reads ``config.policy`` only on `reload_policy`.
+    has loaded ``policy`` (`load_site_policy`, or a bare `Policy` loaded from
+    ``config.policy``); the agent re-reads ``config.policy`` only on `reload_policy`.
     """
 
     def __init__(
         self,
         config: NodeConfig,
-        policy: Policy,
+        policy: Policy | SitePolicy,
         state: NodeState,
         *,
         registry: Registry | None = None,
@@ -128,13 +172,18 @@ class NodeAgent:
         insecure: bool = False,
         rng: random.Random | None = None,
         shutdown_grace_seconds: float = 10.0,
+        retention_sweep_seconds: float = RETENTION_SWEEP_S,
     ) -> None:
         self.config = config
         self.metrics = metrics or NodeMetrics()
         self.node_name = certificate_name(config.tls.certificate)
         self.protocol_version = protocol_version or ProtocolVersion(*PROTOCOL_VERSION)
-        self._policy = policy
+        self._policy = _site_policy(config, policy)
         self._state = state
+        state.attach_audit(node_audit_log(config))
+        # The key that signs this stream's assignments (from its Welcome); None: refuse all.
+        self._signer: AssignmentSigner | None = None
+        self._retention_sweep = retention_sweep_seconds
         self._registry = registry or default_registry()
         self._cdm = open_cdm(config)
         self._cdm_versions = CdmVersions(self._cdm)
@@ -150,6 +199,7 @@ class NodeAgent:
             engines=node_engines(config),
             registry=self._registry,
             policy=lambda: self._policy,
+            node_name=self.node_name,
             events=_LoopEvents(self),
             metrics=self.metrics,
             workers=config.max_concurrent_tasks,
@@ -166,6 +216,10 @@ class NodeAgent:
 
     @property
     def policy(self) -> Policy:
+        return self._policy.policy
+
+    @property
+    def site_policy(self) -> SitePolicy:
         return self._policy
 
     @property
@@ -194,22 +248,28 @@ class NodeAgent:
                 loop.call_soon_threadsafe(self._set_stop)
 
     def reload_policy(self) -> bool:
-        """Read ``config.policy`` again (SIGHUP). A bad file keeps the policy in force; a
-        changed one takes effect for the next task and is announced with a new Hello (the
-        stream is re-opened at once). Call on the event loop's thread."""
+        """Read ``config.policy`` again (SIGHUP). A bad file (or pinned key) keeps the policy
+        in force; a changed one is audited (``policy.changed``), takes effect for the next
+        task and is announced with a new Hello (the stream is re-opened at once). A change
+        that cannot be audited does not take effect. Call on the event loop's thread."""
         path = self.config.policy
         try:
-            policy = load_policy(path)
+            site = load_site_policy(path)
         except ConfigError as exc:
             log.error("policy reload failed, keeping version %s: %s", self._policy.version, exc)
             return False
-        if policy == self._policy:
+        if site.digest == self._policy.digest:
             log.info("policy %s re-read: unchanged", path)
             return True
+        try:
+            self._state.record_policy(site.version, site.digest)
+        except Exception:
+            log.exception("policy reload: cannot audit the change; keeping the policy in force")
+            return False
         log.warning(
-            "policy %s reloaded: version %s -> %s", path, self._policy.version, policy.version
+            "policy %s reloaded: version %s -> %s", path, self._policy.version, site.version
         )
-        self._policy = policy
+        self._policy = site
         if self._reconnect is not None:
             self._reconnect.set()
         return True
@@ -224,11 +284,21 @@ class NodeAgent:
         self._reconnect = asyncio.Event()
         if self._stop_requested.is_set():
             self._stop.set()
-        self._runner.start()
         try:
+            action = await asyncio.to_thread(
+                self._state.record_policy, self._policy.version, self._policy.digest
+            )
+            log.info("policy %s in force (%s)", self._policy.version, action)
+            self._runner.start()
             for task in await asyncio.to_thread(self._state.unfinished):
                 log.info("task %s: resuming after a restart", task.task_id)
                 self._runner.submit(task)
+            self._spawn(apply_decisions(self._state, self._deliver_decision))
+            self._spawn(
+                sweep_retention(
+                    self._state, lambda: self._policy.policy.retention_days, self._retention_sweep
+                )
+            )
             await self._connect_loop()
         finally:
             await self._shutdown()
@@ -292,11 +362,12 @@ class NodeAgent:
     async def _session(self) -> None:
         """One stream, from Hello to its end (None: the coordinator ended it with OK)."""
         versions = await self._cdm_versions.get()
-        profile = make_profile(versions, self._engine_name, self._policy, self._registry)
+        profile = make_profile(versions, self._engine_name, self._policy.policy, self._registry)
         async with open_link(self._link_settings) as link:
             link.send(Hello(self.protocol_version, profile))
             welcome = await self._until_stopped(self._welcome(link))
             interval = self._accept(welcome)
+            self._signer = self._assignment_signer(welcome)
             self._backoff.reset()
             self._link = link
             self.metrics.connected.set(1)
@@ -311,6 +382,7 @@ class NodeAgent:
                     await self._handle(link, message)
             finally:
                 self._link = None
+                self._signer = None
                 self.metrics.connected.set(0)
                 heartbeats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -373,6 +445,19 @@ class NodeAgent:
         )
         return interval.total_seconds()
 
+    def _assignment_signer(self, welcome: Welcome) -> AssignmentSigner | None:
+        """The coordinator key of this stream, if its certificate is the federation's."""
+        try:
+            signer = coordinator_signer(welcome.coordinator_certificate, self.config.tls.ca)
+        except UntrustedCoordinatorError as exc:
+            log.error("%s: every task assigned on this stream will be rejected", exc)
+            return None
+        log.info("assignments on this stream are checked against %s", signer.identity)
+        return signer
+
+    def _head(self) -> AuditRef | None:
+        return to_model_ref(self._state.audit_head)
+
     async def _heartbeats(self, link: CoordinatorLink, interval: float) -> None:
         """Heartbeat 0 was sent by `_resend_pending`; the rest follow every ``interval``."""
         seq = 1
@@ -383,19 +468,21 @@ class NodeAgent:
             except Exception:
                 log.exception("cannot read in-flight tasks; skipping heartbeat %d", seq)
                 continue
-            link.send(Heartbeat(seq, in_flight))
+            link.send(Heartbeat(seq, in_flight, self._head()))
             seq += 1
 
     async def _resend_pending(self, link: CoordinatorLink) -> None:
-        """Right after Welcome: the first heartbeat, then every result not yet receipted and
-        every outcome that ended while no stream was up."""
+        """Right after Welcome: the first heartbeat, then every result not yet receipted,
+        every outcome that ended while no stream was up, and every result still held."""
         in_flight = await asyncio.to_thread(self._state.in_flight_task_ids)
-        link.send(Heartbeat(0, in_flight))
+        link.send(Heartbeat(0, in_flight, self._head()))
         for task in await asyncio.to_thread(self._state.unreported_outcomes):
             if task.error_code is not None:
                 await self._send_outcome(link, _stored_outcome(task, task.error_code))
         for task_id in await asyncio.to_thread(self._state.unreceipted_results):
             await self._send_result(link, task_id)
+        for task in await asyncio.to_thread(self._state.held):
+            link.send(_awaiting_release(task.task_id))
 
     # ----------------------------------------------------------------------- messages
 
@@ -428,14 +515,28 @@ class NodeAgent:
         if not assignment.task_id:
             log.warning("ignoring an assignment without a task id (study %s)", assignment.study_id)
             return
+        signer = self._signer
         try:
-            task, new = await asyncio.to_thread(self._state.record_assignment, assignment)
+            verify_assignment(assignment, signer)
+            assert signer is not None
+            admitted = await asyncio.to_thread(
+                self._state.admit_assignment, assignment, signer=signer.identity
+            )
+        except AssignmentRejectedError as rejected:
+            await self._reject(link, assignment, rejected.reason)
+            return
         except Exception:
             # No ack: the coordinator sends the assignment again.
             log.exception("task %s: cannot store the assignment", assignment.task_id)
             return
-        link.send(TaskAck(task.task_id))
-        if new:
+        if admitted.admission is Admission.REJECTED:
+            assert admitted.rejection is not None
+            await self._reject(link, assignment, admitted.rejection, audited=True)
+            return
+        link.send(TaskAck(assignment.task_id))
+        task = admitted.task
+        if admitted.admission is Admission.NEW:
+            assert task is not None
             log.info(
                 "task %s: received (study %s, %s)",
                 task.task_id,
@@ -444,26 +545,76 @@ class NodeAgent:
             )
             self._runner.submit(task)
             return
+        if task is None:
+            log.info(
+                "task %s: assignment repeated; the task was deleted (retention)", assignment.task_id
+            )
+            return
+        # A re-delivery: what exists is sent again; the task never runs a second time.
         log.info("task %s: assignment repeated (status %s)", task.task_id, task.status.value)
         if task.status is TaskStatus.OUTCOME and task.error_code is not None:
             await self._send_outcome(link, _stored_outcome(task, task.error_code))
         elif task.status is TaskStatus.DONE:
             await self._send_result(link, task.task_id)
+        elif task.status is TaskStatus.HELD:
+            link.send(_awaiting_release(task.task_id))
         elif task.task_id not in self._runner.active():
             self._runner.submit(task)
 
+    async def _reject(
+        self,
+        link: CoordinatorLink,
+        assignment: TaskAssignment,
+        rejection: AssignmentRejection,
+        *,
+        audited: bool = False,
+    ) -> None:
+        """Refuse an assignment: audited, acked (the coordinator stops re-sending it) and
+        answered ASSIGNMENT_REJECTED; nothing is stored, nothing runs."""
+        log.warning("task %s: assignment rejected: %s", assignment.task_id, rejection.value)
+        if not audited:  # refused before its signature verified: its sender is unknown
+            try:
+                await asyncio.to_thread(self._state.reject_assignment, assignment, rejection, None)
+            except Exception:
+                log.exception("task %s: cannot audit the rejection", assignment.task_id)
+                return
+        link.send(TaskAck(assignment.task_id))
+        link.send(
+            TaskOutcome(
+                assignment.task_id,
+                ErrorCode.ASSIGNMENT_REJECTED,
+                rejection.text,
+                self._head(),
+            )
+        )
+
     async def _send_outcome(self, link: CoordinatorLink, task_outcome: TaskOutcome) -> None:
-        link.send(task_outcome)
+        link.send(dataclasses.replace(task_outcome, audit_head=self._head()))
         await asyncio.to_thread(self._state.mark_outcome_reported, task_outcome.task_id)
 
     async def _send_result(self, link: CoordinatorLink, task_id: str) -> None:
         stored = await asyncio.to_thread(self._state.result, task_id)
         if stored is None:
             return
+        head = to_model_ref(await asyncio.to_thread(self._state.record_sent, task_id))
         chunks = await asyncio.to_thread(split_payload, stored.payload, stored.content_type)
         for chunk in chunks:
-            link.send(ResultChunk(task_id, chunk))
+            link.send(ResultChunk(task_id, chunk, head))
         log.info("task %s: result sent in %d chunk(s)", task_id, len(chunks))
+
+    # ----------------------------------------------------------------------- governance
+
+    async def _deliver_decision(self, applied: AppliedDecision) -> None:
+        """Send what an operator's decision let out: the result, or RELEASE_REJECTED."""
+        link = self._link
+        if link is None or applied.task is None:
+            return  # sent from the outbox after the next Welcome
+        if applied.decision is Decision.RELEASE:
+            await self._send_result(link, applied.task_id)
+        else:
+            await self._send_outcome(
+                link, _stored_outcome(applied.task, ErrorCode.RELEASE_REJECTED)
+            )
 
     # ----------------------------------------------------------------------- runner events
 
@@ -476,14 +627,20 @@ class NodeAgent:
         if self._link is not None:
             self._link.send(progress)
 
-    def _on_result_ready(self, task_id: str, chunks: list[PayloadChunk]) -> None:
+    def _on_result_ready(
+        self, task_id: str, chunks: list[PayloadChunk], head: AuditRef | None
+    ) -> None:
         """A result just stored, split on the worker's thread: sent without reading it back."""
         link = self._link
         if link is None:
             return  # sent after the next Welcome, from the outbox
         for chunk in chunks:
-            link.send(ResultChunk(task_id, chunk))
+            link.send(ResultChunk(task_id, chunk, head))
         log.info("task %s: result sent in %d chunk(s)", task_id, len(chunks))
+
+    def _on_result_held(self, task_id: str) -> None:
+        if self._link is not None:
+            self._link.send(_awaiting_release(task_id))
 
     def _on_outcome(self, task_outcome: TaskOutcome) -> None:
         if self._link is not None:
@@ -525,8 +682,16 @@ class _LoopEvents:
     def result_ready(self, task_id: str, payload: bytes, content_type: str) -> None:
         if self._agent._link is None:
             return  # sent from the outbox after the next Welcome
+        try:
+            head = to_model_ref(self._agent._state.record_sent(task_id))
+        except Exception:
+            log.exception("task %s: cannot audit the sending; sent after a reconnect", task_id)
+            return
         chunks = split_payload(payload, content_type)
-        self._agent._from_thread(self._agent._on_result_ready, task_id, chunks)
+        self._agent._from_thread(self._agent._on_result_ready, task_id, chunks, head)
+
+    def result_held(self, task_id: str) -> None:
+        self._agent._from_thread(self._agent._on_result_held, task_id)
 
     def ended(self, task_outcome: TaskOutcome) -> None:
         self._agent._from_thread(self._agent._on_outcome, task_outcome)

@@ -28,6 +28,10 @@ OUTCOME_MESSAGES: Final[Mapping[ErrorCode, str]] = MappingProxyType(
         ErrorCode.INTERNAL: "internal error at the node; details are in the node's log",
         ErrorCode.CDM_UNAVAILABLE: "the node's CDM database is unavailable",
         ErrorCode.PERMIT_REFUSED: "data permit does not cover this task",
+        ErrorCode.ASSIGNMENT_REJECTED: "the assignment was not accepted by the node",
+        ErrorCode.RELEASE_REJECTED: (
+            "release.rejected: the node's operator did not release the result"
+        ),
         ErrorCode.UNSPECIFIED: "task ended without a result",
     }
 )

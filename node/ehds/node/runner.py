@@ -20,6 +20,12 @@ the latest stage reported is sent, at most one message per `PROGRESS_EVERY_S`.
 
 Deadlines and delayed progress run on one scheduler thread, not a timer thread per task.
 
+Before anything runs, the site policy admits the task (`ehds.node.admission`: its data permit,
+the researcher, the analysis), then the registry, the parameters and the deadline are checked.
+Every end is audited with the state change that records it (`ehds.node.state`): a refusal
+names its rule, a result is ``held`` for an operator when the policy releases its analysis
+``manual``ly, else released at once ("policy auto").
+
 The engine: every task gets its own `IbisCdm` (`ehds.node.task_engines`), opened on first use,
 interrupted with the task's other queries on a cancel, its deadline or shutdown, and closed
 when the task ends. A `DisclosureRefusedError` ends the task with DISCLOSURE_REFUSED and a
@@ -58,10 +64,12 @@ from ehds.analyses.registry import (
 )
 from ehds.federation.limits import MAX_PARAMETERS_BYTES
 from ehds.federation.model import ErrorCode, TaskOutcome, TaskStage
+from ehds.node.admission import Refusal, admit
+from ehds.node.audit_trail import result_stored, task_ended, task_not_admitted
 from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavailable
 from ehds.node.errors import OUTCOME_MESSAGES, outcome, redacted_traceback
 from ehds.node.metrics import NodeMetrics
-from ehds.node.policy import Policy
+from ehds.node.policy import ReleaseMode, SitePolicy
 from ehds.node.release_guard import NodeReleaseGuard
 from ehds.node.state import NodeState, StoredTask
 from ehds.node.task_engines import TaskEngines
@@ -162,7 +170,10 @@ class TaskEvents(Protocol):
     def progress(self, task_id: str, stage: TaskStage, fraction: float) -> None: ...
 
     def result_ready(self, task_id: str, payload: bytes, content_type: str) -> None:
-        """The result is in the outbox (state database); ``payload`` is that result."""
+        """The result is released in the outbox (state database); ``payload`` is that result."""
+
+    def result_held(self, task_id: str) -> None:
+        """The result is stored and waits for an operator's release (``release: manual``)."""
 
     def ended(self, task_outcome: TaskOutcome) -> None:
         """The task ended without a result; the outcome is already stored."""
@@ -257,7 +268,8 @@ class TaskRunner:
         cdm: CdmDatabase | None,
         engines: TaskEngines,
         registry: Registry,
-        policy: Callable[[], Policy],
+        policy: Callable[[], SitePolicy],
+        node_name: str,
         events: TaskEvents,
         metrics: NodeMetrics,
         workers: int,
@@ -268,6 +280,7 @@ class TaskRunner:
         self._engines = engines
         self._registry = registry
         self._policy = policy
+        self._node_name = node_name
         self._events = events
         self._metrics = metrics
         self._clock = clock
@@ -367,8 +380,26 @@ class TaskRunner:
                 return
             handle.started = True
             handle.started_at = time.monotonic()
-        policy = self._policy()
-        attempt = self._state.start_attempt(task.task_id, policy.version)
+        site = self._policy()
+        denied = admit(
+            site,
+            node=self._node_name,
+            analysis=task.analysis,
+            researcher=task.requested_by,
+            permit=task.permit_document or b"",
+            now=self._clock(),
+        )
+        if denied is not None:
+            log.info(
+                "task %s: %s refused by site policy %s: %s",
+                task.task_id,
+                task.analysis,
+                site.version,
+                denied.rule,
+            )
+            self._finish(handle, denied.code, message=denied.message, refusal=denied)
+            return
+        attempt = self._state.start_attempt(task.task_id, site.version)
         if attempt > MAX_ATTEMPTS:
             log.error(
                 "task %s (%s) was started %d times without ending (the node died while "
@@ -383,7 +414,7 @@ class TaskRunner:
         self._progress(handle, TaskStage.VALIDATING, 0.0)
         engine: IbisCdm | None = None
         try:
-            analysis, params, min_cell_count = self._validate(task, policy)
+            analysis, params, min_cell_count = self._validate(task, site)
             engine = self._engine_for(handle)
             guard = _AccountedGuard(
                 NodeReleaseGuard(task.permit, task.requested_by, min_cell_count)
@@ -460,7 +491,12 @@ class TaskRunner:
             "task %s: %s refused by disclosure rule %s", task.task_id, task.analysis, refusal.rule
         )
         self._metrics.disclosure_refused(task.analysis, refusal.rule)
-        self._finish(handle, ErrorCode.DISCLOSURE_REFUSED, message=disclosure_message(refusal))
+        self._finish(
+            handle,
+            ErrorCode.DISCLOSURE_REFUSED,
+            message=disclosure_message(refusal),
+            rule=refusal.rule,
+        )
 
     def _progress(self, handle: _Handle, stage: TaskStage, fraction: float) -> None:
         """Send ``stage`` now if the task has run long enough and the last message is old
@@ -492,14 +528,10 @@ class TaskRunner:
         self._events.progress(handle.task.task_id, *pending)
 
     def _validate(
-        self, task: StoredTask, policy: Policy
+        self, task: StoredTask, site: SitePolicy
     ) -> tuple[Analysis[Any], AnalysisParameters, int]:
-        """Policy first: a node tells nothing about analyses its policy does not allow."""
-        if not policy.allows(task.analysis):
-            log.info(
-                "task %s: %s refused by site policy %s", task.task_id, task.analysis, policy.version
-            )
-            raise _Refusal(ErrorCode.POLICY_REFUSED)
+        """After admission (so a node tells nothing about analyses its policy does not
+        allow): the registry, the parameters, the deadline."""
         try:
             analysis = self._registry.get(task.analysis)
         except UnknownAnalysisError:
@@ -516,7 +548,7 @@ class TaskRunner:
             raise _Refusal(ErrorCode.INVALID_PARAMETERS) from None
         if self._clock() >= task.deadline:
             raise _Refusal(ErrorCode.DEADLINE_EXCEEDED)
-        return analysis, params, max(policy.min_cell_count, task.min_cell_count)
+        return analysis, params, max(site.policy.min_cell_count, task.min_cell_count)
 
     def _failed(self, handle: _Handle, exc: Exception) -> None:
         task = handle.task
@@ -552,9 +584,12 @@ class TaskRunner:
         payload: bytes = b"",
         *,
         message: str | None = None,
+        refusal: Refusal | None = None,
+        rule: str | None = None,
     ) -> None:
-        """Record the end of a task exactly once, then tell the agent. ``message`` replaces the
-        code's fixed text (only a disclosure refusal has one: rule and threshold)."""
+        """Record (and audit) the end of a task exactly once, then tell the agent.
+        ``message`` replaces the code's fixed text (an admission or disclosure refusal names
+        its rule); ``refusal`` is the admission's, ``rule`` the disclosure rule."""
         task = handle.task
         with handle.lock:
             if handle.done:
@@ -569,18 +604,34 @@ class TaskRunner:
                 handle.flush.cancel()
         if handle.timer is not None:
             handle.timer.cancel()
+        held = False
         try:
             if code is None:
                 digest = hashlib.sha256(payload).digest()
-                self._state.end_with_result(task.task_id, payload, digest, RESULT_CONTENT_TYPE)
+                held = self._policy().policy.release_mode(task.analysis) is ReleaseMode.MANUAL
+                self._state.end_with_result(
+                    task.task_id,
+                    payload,
+                    digest,
+                    RESULT_CONTENT_TYPE,
+                    held=held,
+                    note=result_stored(task.task_id, payload, held=held),
+                )
                 log.info(
-                    "task %s: done, result of %d bytes (sha256 %s)",
+                    "task %s: done, result of %d bytes (sha256 %s)%s",
                     task.task_id,
                     len(payload),
                     digest.hex(),
+                    ", held for an operator's release" if held else "",
                 )
             else:
-                self._state.end_with_outcome(task.task_id, code, message or OUTCOME_MESSAGES[code])
+                if refusal is not None:
+                    note = task_not_admitted(task.task_id, refusal.audit_action, refusal.rule)
+                else:
+                    note = task_ended(task.task_id, code, rule)
+                self._state.end_with_outcome(
+                    task.task_id, code, message or OUTCOME_MESSAGES[code], note
+                )
                 log.info("task %s: ended with %s", task.task_id, code.name)
         except Exception:
             # Not recorded: the task stays queued/running and runs again at the next start.
@@ -590,7 +641,9 @@ class TaskRunner:
             with self._lock:
                 self._handles.pop(task.task_id, None)
         self._metrics.task_ended(task.analysis, code, time.monotonic() - started)
-        if code is None:
+        if code is None and held:
+            self._events.result_held(task.task_id)
+        elif code is None:
             if uploading:
                 self._events.progress(task.task_id, TaskStage.UPLOADING, 1.0)
             self._events.result_ready(task.task_id, payload, RESULT_CONTENT_TYPE)

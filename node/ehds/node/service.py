@@ -23,24 +23,26 @@ from ehds.node.config import NodeConfig, load_node_config
 from ehds.node.errors import NodeStartError
 from ehds.node.identity import certificate_name
 from ehds.node.metrics import NodeMetrics
-from ehds.node.policy import Policy, load_policy
+from ehds.node.policy import SitePolicy
+from ehds.node.policy import load_site_policy as _load_site_policy
 from ehds.node.profile import cdm_versions, read_profile
 from ehds.node.state import NodeState
 
 log = logging.getLogger(__name__)
 
 
-def load_site_policy(path: Path) -> Policy:
-    """The policy at ``path``; `NodeStartError` naming the file and the problem otherwise."""
+def load_site_policy(path: Path) -> SitePolicy:
+    """The policy at ``path`` with its pinned HDAB keys read; `NodeStartError` naming the file
+    and the problem otherwise."""
     try:
-        return load_policy(path)
+        return _load_site_policy(path)
     except ConfigError as exc:
         raise NodeStartError(
             f"no valid site policy, so this node runs nothing and does not start: {exc}"
         ) from None
 
 
-def load_node(config_path: Path) -> tuple[NodeConfig, Policy]:
+def load_node(config_path: Path) -> tuple[NodeConfig, SitePolicy]:
     config = load_node_config(config_path)
     return config, load_site_policy(config.policy)
 
@@ -89,7 +91,7 @@ class NodeCheck:
 
     node_name: str
     config: NodeConfig
-    policy: Policy
+    policy: SitePolicy
     profile: NodeProfile
     # Allowed by the policy but not known to this software (so not announced).
     unknown_analyses: tuple[AnalysisRef, ...]
@@ -103,7 +105,7 @@ def check(config_path: Path, *, registry: Registry | None = None) -> NodeCheck:
     registry = registry or default_registry()
     cdm = open_cdm(config)
     readable = cdm_versions(cdm) is not None
-    profile = read_profile(cdm, policy, registry)
+    profile = read_profile(cdm, policy.policy, registry)
     known = set(registry.refs())
-    unknown = tuple(ref for ref in policy.capabilities() if ref not in known)
+    unknown = tuple(ref for ref in policy.policy.capabilities() if ref not in known)
     return NodeCheck(node_name, config, policy, profile, unknown, readable)

@@ -4,6 +4,10 @@
 Why the node keeps state at all: a `TaskAck` promises the coordinator that the task survives a
 node restart, and a result must be re-sent until the coordinator's `ResultReceipt`, across
 reconnects and restarts. Both promises need a durable record written before the promise is made.
+
+Governance (protocol 1.3): the node's audit chain (``audit_log``, `ehds.audit`), the
+assignments it has seen (replay protection, kept past retention until they expire), and the
+release decisions its operators record with `ehds node review` (the agent applies them).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from ehds.audit import audit_table
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -36,19 +42,28 @@ class UtcDateTime(TypeDecorator[datetime]):
 class TaskStatus(enum.StrEnum):
     """Where a task stands at this node.
 
-    ``queued`` (stored and acked) -> ``running`` (on a worker) -> ``done`` (result in the outbox)
-    or ``outcome`` (ended without a result; ``error_code`` says why). A node that stops or dies
-    leaves ``queued`` and ``running`` tasks as they are: they run again when it starts.
+    ``queued`` (stored and acked) -> ``running`` (on a worker) -> ``done`` (result released:
+    in the outbox until receipted) or ``outcome`` (ended without a result; ``error_code`` says
+    why). A result whose analysis the policy releases ``manual``ly is first ``held``: kept at
+    the node, not sent, until an operator's decision makes it ``done`` (release) or
+    ``outcome`` (reject, RELEASE_REJECTED). A node that stops or dies leaves ``queued`` and
+    ``running`` tasks as they are: they run again when it starts.
     """
 
     QUEUED = "queued"
     RUNNING = "running"
+    HELD = "held"
     DONE = "done"
     OUTCOME = "outcome"
 
     @property
     def ended(self) -> bool:
         return self in (TaskStatus.DONE, TaskStatus.OUTCOME)
+
+
+class Decision(enum.StrEnum):
+    RELEASE = "release"
+    REJECT = "reject"
 
 
 class Base(DeclarativeBase):
@@ -74,6 +89,9 @@ class TaskRow(Base):
     deadline: Mapped[datetime] = mapped_column(UtcDateTime)
     min_cell_count: Mapped[int] = mapped_column(sa.Integer)
     permit: Mapped[str] = mapped_column(sa.String(200), default="")
+    # The signed permit document (protocol 1.3), checked again just before the task runs;
+    # NULL for tasks stored before 1.3 (refused: no permit).
+    permit_document: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     # The researcher who submitted the study (protocol 1.2; "" from an older coordinator): the
     # differencing guard remembers releases per permit and researcher.
     requested_by: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
@@ -110,4 +128,37 @@ class ResultRow(Base):
     receipted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
 
 
+class SeenAssignmentRow(Base):
+    """Every assignment accepted, by task id: a later one with another nonce is a replay.
+
+    Kept until it expires even when retention deletes the task (a replayed assignment of a
+    deleted task must not run it again)."""
+
+    __tablename__ = "seen_assignments"
+
+    task_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    nonce: Mapped[str] = mapped_column(sa.String(200))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ReleaseDecisionRow(Base):
+    """An operator's decision on a held result (`ehds node review release|reject`).
+
+    Written by the review command in its own short transaction, never by the agent; the agent
+    applies it (``applied_at``), audits it and sends the result or RELEASE_REJECTED. One
+    decision per task: the first recorded wins."""
+
+    __tablename__ = "release_decisions"
+
+    task_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    decision: Mapped[str] = mapped_column(sa.String(16))
+    # "operator NAME": the person, as the audit entry names them.
+    decided_by: Mapped[str] = mapped_column(sa.String(200))
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    applied_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
 metadata = Base.metadata
+audit_log = audit_table(metadata)
+"""The node's audit chain (`ehds.audit`): the agent is its only writer."""

@@ -30,6 +30,8 @@ class ErrorCode(IntEnum):
     INTERNAL = 8
     CDM_UNAVAILABLE = 9
     PERMIT_REFUSED = 10
+    ASSIGNMENT_REJECTED = 11
+    RELEASE_REJECTED = 12
 
     @property
     def is_refusal(self) -> bool:
@@ -44,6 +46,8 @@ _REFUSALS = frozenset(
         ErrorCode.ANALYSIS_VERSION_UNSUPPORTED,
         ErrorCode.DISCLOSURE_REFUSED,
         ErrorCode.PERMIT_REFUSED,
+        ErrorCode.ASSIGNMENT_REJECTED,
+        ErrorCode.RELEASE_REJECTED,
     }
 )
 
@@ -56,6 +60,7 @@ class TaskStage(IntEnum):
     COMPUTING = 4
     DISCLOSURE_CHECK = 5
     UPLOADING = 6
+    AWAITING_RELEASE = 7
 
 
 class StudyState(IntEnum):
@@ -79,15 +84,18 @@ class NodeTaskState(IntEnum):
     DISPATCHED = 2
     RECEIVED = 3
     RUNNING = 4
-    DONE = 5
+    # Wire name NODE_TASK_STATE_DONE: the node released its result and the coordinator holds it.
+    RELEASED = 5
     REFUSED = 6
     FAILED = 7
     TIMED_OUT = 8
     CANCELLED = 9
+    # Protocol 1.3: computed, held at the node for its operator's release (not final).
+    AWAITING_RELEASE = 10
 
     @property
     def is_final(self) -> bool:
-        return self >= NodeTaskState.DONE
+        return NodeTaskState.RELEASED <= self <= NodeTaskState.CANCELLED
 
 
 # --------------------------------------------------------------------------- shared
@@ -128,6 +136,15 @@ class NodeProfile:
 
 
 @dataclass(frozen=True)
+class AuditRef:
+    """Protocol 1.3: an entry of a process's audit chain (docs/audit.md), by position and hash."""
+
+    chain: str
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class PayloadChunk:
     index: int
     count: int
@@ -149,6 +166,8 @@ class Hello:
 class Heartbeat:
     seq: int
     in_flight_task_ids: tuple[str, ...] = ()
+    # Protocol 1.3: the node's audit chain head (None before 1.3 or with an empty chain).
+    audit_head: AuditRef | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,7 @@ class TaskProgress:
 class ResultChunk:
     task_id: str
     chunk: PayloadChunk
+    audit_head: AuditRef | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,7 @@ class TaskOutcome:
     task_id: str
     error_code: ErrorCode
     message: str
+    audit_head: AuditRef | None = None
 
 
 NodeMessage = Hello | Heartbeat | TaskAck | TaskProgress | ResultChunk | TaskOutcome
@@ -191,6 +212,8 @@ class Welcome:
     # Protocol 1.1: the coordinator's clock, so that a node can warn about a skew that would
     # shift the absolute task deadlines. None from a 1.0 coordinator.
     coordinator_time: datetime | None = None
+    # Protocol 1.3: PEM of the certificate whose key signs task assignments.
+    coordinator_certificate: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -205,6 +228,13 @@ class TaskAssignment:
     # Protocol 1.2: the researcher who submitted the study, for the node's differencing guard.
     # Empty from a 1.1 coordinator, and never sent to a 1.1 node.
     requested_by: str = ""
+    # Protocol 1.3 (see node_link.proto): the permit document, the per-task nonce, the expiry,
+    # the coordinator's audit entry for the task, and the signature over all other fields.
+    permit: bytes = b""
+    nonce: str = ""
+    expires_at: datetime | None = None
+    coordinator_audit_ref: AuditRef | None = None
+    signature: str = ""
 
 
 @dataclass(frozen=True)
@@ -271,3 +301,24 @@ class NodeInfo:
     protocol_version: ProtocolVersion | None
     profile: NodeProfile | None
     revoked: bool
+
+
+# --------------------------------------------------------------------------- permit API
+
+
+@dataclass(frozen=True)
+class PermitInfo:
+    """A data permit as registered at the coordinator (permit_api.proto `Permit`)."""
+
+    id: str
+    issuer: str
+    holders: tuple[str, ...]
+    purpose: str
+    nodes: tuple[str, ...]
+    analyses: tuple[str, ...]
+    valid_from: datetime
+    valid_until: datetime
+    issued_at: datetime
+    registered_by: str
+    registered_at: datetime
+    document: bytes

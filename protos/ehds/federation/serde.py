@@ -24,7 +24,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ehds.core.errors import InputError
 from ehds.federation import model
-from ehds.federation.v1 import admin_api_pb2, common_pb2, node_link_pb2, study_api_pb2
+from ehds.federation.v1 import (
+    admin_api_pb2,
+    common_pb2,
+    node_link_pb2,
+    permit_api_pb2,
+    study_api_pb2,
+)
 
 __all__ = [
     "ProtocolViolation",
@@ -165,6 +171,18 @@ def decode_profile(pb: common_pb2.NodeProfile, path: str = "NodeProfile") -> mod
     )
 
 
+def encode_audit_ref(m: model.AuditRef) -> common_pb2.AuditRef:
+    return common_pb2.AuditRef(chain=m.chain, seq=m.seq, hash=m.hash)
+
+
+def decode_audit_ref(message: Message, name: str) -> model.AuditRef | None:
+    """``message.name`` as a model, None when unset (a peer before 1.3, or no entry yet)."""
+    if not message.HasField(name):
+        return None
+    pb: common_pb2.AuditRef = getattr(message, name)
+    return model.AuditRef(chain=pb.chain, seq=pb.seq, hash=pb.hash)
+
+
 def encode_chunk(m: model.PayloadChunk) -> common_pb2.PayloadChunk:
     return common_pb2.PayloadChunk(
         index=m.index,
@@ -206,11 +224,12 @@ def encode_node_message(m: model.NodeMessage) -> node_link_pb2.NodeMessage:
                 )
             )
         case model.Heartbeat():
-            return node_link_pb2.NodeMessage(
-                heartbeat=node_link_pb2.Heartbeat(
-                    seq=m.seq, in_flight_task_ids=list(m.in_flight_task_ids)
-                )
+            heartbeat = node_link_pb2.Heartbeat(
+                seq=m.seq, in_flight_task_ids=list(m.in_flight_task_ids)
             )
+            if m.audit_head is not None:
+                heartbeat.audit_head.CopyFrom(encode_audit_ref(m.audit_head))
+            return node_link_pb2.NodeMessage(heartbeat=heartbeat)
         case model.TaskAck():
             return node_link_pb2.NodeMessage(task_ack=node_link_pb2.TaskAck(task_id=m.task_id))
         case model.TaskProgress():
@@ -220,17 +239,17 @@ def encode_node_message(m: model.NodeMessage) -> node_link_pb2.NodeMessage:
                 )
             )
         case model.ResultChunk():
-            return node_link_pb2.NodeMessage(
-                result_chunk=node_link_pb2.ResultChunk(
-                    task_id=m.task_id, chunk=encode_chunk(m.chunk)
-                )
-            )
+            result_chunk = node_link_pb2.ResultChunk(task_id=m.task_id, chunk=encode_chunk(m.chunk))
+            if m.audit_head is not None:
+                result_chunk.audit_head.CopyFrom(encode_audit_ref(m.audit_head))
+            return node_link_pb2.NodeMessage(result_chunk=result_chunk)
         case model.TaskOutcome():
-            return node_link_pb2.NodeMessage(
-                task_outcome=node_link_pb2.TaskOutcome(
-                    task_id=m.task_id, error_code=_error_code(m.error_code), message=m.message
-                )
+            task_outcome = node_link_pb2.TaskOutcome(
+                task_id=m.task_id, error_code=_error_code(m.error_code), message=m.message
             )
+            if m.audit_head is not None:
+                task_outcome.audit_head.CopyFrom(encode_audit_ref(m.audit_head))
+            return node_link_pb2.NodeMessage(task_outcome=task_outcome)
 
 
 def decode_node_message(pb: node_link_pb2.NodeMessage) -> model.NodeMessage | None:
@@ -246,7 +265,9 @@ def decode_node_message(pb: node_link_pb2.NodeMessage) -> model.NodeMessage | No
             )
         case "heartbeat":
             return model.Heartbeat(
-                seq=pb.heartbeat.seq, in_flight_task_ids=tuple(pb.heartbeat.in_flight_task_ids)
+                seq=pb.heartbeat.seq,
+                in_flight_task_ids=tuple(pb.heartbeat.in_flight_task_ids),
+                audit_head=decode_audit_ref(pb.heartbeat, "audit_head"),
             )
         case "task_ack":
             return model.TaskAck(task_id=pb.task_ack.task_id)
@@ -260,7 +281,9 @@ def decode_node_message(pb: node_link_pb2.NodeMessage) -> model.NodeMessage | No
         case "result_chunk":
             _require(pb.result_chunk, "chunk", "ResultChunk")
             return model.ResultChunk(
-                task_id=pb.result_chunk.task_id, chunk=decode_chunk(pb.result_chunk.chunk)
+                task_id=pb.result_chunk.task_id,
+                chunk=decode_chunk(pb.result_chunk.chunk),
+                audit_head=decode_audit_ref(pb.result_chunk, "audit_head"),
             )
         case "task_outcome":
             outcome = pb.task_outcome
@@ -268,6 +291,7 @@ def decode_node_message(pb: node_link_pb2.NodeMessage) -> model.NodeMessage | No
                 task_id=outcome.task_id,
                 error_code=_enum(model.ErrorCode, outcome.error_code),
                 message=outcome.message,
+                audit_head=decode_audit_ref(outcome, "audit_head"),
             )
         case _:
             return None
@@ -281,23 +305,30 @@ def encode_coordinator_message(m: model.CoordinatorMessage) -> node_link_pb2.Coo
                 protocol_version=encode_protocol_version(m.protocol_version),
                 heartbeat_interval=encode_duration(m.heartbeat_interval),
                 coordinator_software=encode_software(m.coordinator_software),
+                coordinator_certificate=m.coordinator_certificate,
             )
             if m.coordinator_time is not None:
                 welcome.coordinator_time.CopyFrom(encode_timestamp(m.coordinator_time))
             return node_link_pb2.CoordinatorMessage(welcome=welcome)
         case model.TaskAssignment():
-            return node_link_pb2.CoordinatorMessage(
-                task_assignment=node_link_pb2.TaskAssignment(
-                    task_id=m.task_id,
-                    study_id=m.study_id,
-                    analysis=encode_analysis_ref(m.analysis),
-                    parameters=m.parameters,
-                    deadline=encode_timestamp(m.deadline),
-                    min_cell_count=m.min_cell_count,
-                    data_permit_id=m.data_permit_id,
-                    requested_by=m.requested_by,
-                )
+            assignment = node_link_pb2.TaskAssignment(
+                task_id=m.task_id,
+                study_id=m.study_id,
+                analysis=encode_analysis_ref(m.analysis),
+                parameters=m.parameters,
+                deadline=encode_timestamp(m.deadline),
+                min_cell_count=m.min_cell_count,
+                data_permit_id=m.data_permit_id,
+                requested_by=m.requested_by,
+                permit=m.permit,
+                nonce=m.nonce,
+                signature=m.signature,
             )
+            if m.expires_at is not None:
+                assignment.expires_at.CopyFrom(encode_timestamp(m.expires_at))
+            if m.coordinator_audit_ref is not None:
+                assignment.coordinator_audit_ref.CopyFrom(encode_audit_ref(m.coordinator_audit_ref))
+            return node_link_pb2.CoordinatorMessage(task_assignment=assignment)
         case model.CancelTask():
             return node_link_pb2.CoordinatorMessage(
                 cancel_task=node_link_pb2.CancelTask(task_id=m.task_id, reason=m.reason)
@@ -325,6 +356,7 @@ def decode_coordinator_message(
                 coordinator_time=_optional_timestamp(
                     welcome, "coordinator_time", welcome.coordinator_time
                 ),
+                coordinator_certificate=welcome.coordinator_certificate,
             )
         case "task_assignment":
             task = pb.task_assignment
@@ -339,6 +371,11 @@ def decode_coordinator_message(
                 min_cell_count=task.min_cell_count,
                 data_permit_id=task.data_permit_id,
                 requested_by=task.requested_by,
+                permit=task.permit,
+                nonce=task.nonce,
+                expires_at=_optional_timestamp(task, "expires_at", task.expires_at),
+                coordinator_audit_ref=decode_audit_ref(task, "coordinator_audit_ref"),
+                signature=task.signature,
             )
         case "cancel_task":
             return model.CancelTask(task_id=pb.cancel_task.task_id, reason=pb.cancel_task.reason)
@@ -462,4 +499,43 @@ def decode_node_info(pb: admin_api_pb2.NodeInfo) -> model.NodeInfo:
         ),
         profile=decode_profile(pb.profile, "NodeInfo.profile") if pb.HasField("profile") else None,
         revoked=pb.revoked,
+    )
+
+
+# --------------------------------------------------------------------------- permit_api.proto
+
+
+def encode_permit(m: model.PermitInfo) -> permit_api_pb2.Permit:
+    return permit_api_pb2.Permit(
+        id=m.id,
+        issuer=m.issuer,
+        holders=list(m.holders),
+        purpose=m.purpose,
+        nodes=list(m.nodes),
+        analyses=list(m.analyses),
+        valid_from=encode_timestamp(m.valid_from),
+        valid_until=encode_timestamp(m.valid_until),
+        issued_at=encode_timestamp(m.issued_at),
+        registered_by=m.registered_by,
+        registered_at=encode_timestamp(m.registered_at),
+        document=m.document,
+    )
+
+
+def decode_permit(pb: permit_api_pb2.Permit) -> model.PermitInfo:
+    for name in ("valid_from", "valid_until", "issued_at", "registered_at"):
+        _require(pb, name, "Permit")
+    return model.PermitInfo(
+        id=pb.id,
+        issuer=pb.issuer,
+        holders=tuple(pb.holders),
+        purpose=pb.purpose,
+        nodes=tuple(pb.nodes),
+        analyses=tuple(pb.analyses),
+        valid_from=decode_timestamp(pb.valid_from),
+        valid_until=decode_timestamp(pb.valid_until),
+        issued_at=decode_timestamp(pb.issued_at),
+        registered_by=pb.registered_by,
+        registered_at=decode_timestamp(pb.registered_at),
+        document=pb.document,
     )

@@ -13,6 +13,10 @@ History:
     1.0  first release
     1.1  Welcome.coordinator_time (clock-skew warning at the node)
     1.2  TaskAssignment.requested_by (the node's differencing guard keys on the researcher)
+    1.3  governance: signed TaskAssignment (permit document, nonce, expiry, coordinator audit
+         reference, signature), Welcome.coordinator_certificate, audit chain heads in Heartbeat,
+         ResultChunk and TaskOutcome, ASSIGNMENT_REJECTED / RELEASE_REJECTED, the
+         AWAITING_RELEASE stage and node task state, PermitApi and AuditApi
 """
 
 from __future__ import annotations
@@ -20,5 +24,5 @@ from __future__ import annotations
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 2
+PROTOCOL_MINOR: Final = 3
 PROTOCOL_VERSION: Final[tuple[int, int]] = (PROTOCOL_MAJOR, PROTOCOL_MINOR)

@@ -1,5 +1,7 @@
-"""StudyApi: researchers submit, follow and fetch studies. A researcher sees only the studies
-they submitted (NOT_FOUND for the others, as for a study that does not exist)."""
+"""StudyApi: researchers submit, follow and fetch studies. A researcher sees the studies of the
+data permits they hold (and the ones they submitted): NOT_FOUND for the others, as for a study
+that does not exist. Operators and auditors may Get, List and Watch every study (read-only);
+Submit, Cancel and GetResults are for researchers only."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ehds.coordinator.dispatch import Dispatcher
 from ehds.coordinator.errors import InvalidPageTokenError, InvalidStudyError
 from ehds.coordinator.result_document import CONTENT_TYPE
 from ehds.coordinator.service.access import Access, abort_for, guarded
+from ehds.coordinator.state.transitions import Viewer
 from ehds.federation import serde
 from ehds.federation.chunks import split_payload
 from ehds.federation.v1 import study_api_pb2, study_api_pb2_grpc
@@ -25,6 +28,7 @@ DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 200
 _TOKEN_PREFIX: Final = "after:"  # noqa: S105 (not a password)
 _SERVICE: Final = "StudyApi"
+_READERS: Final = (Role.RESEARCHER, Role.OPERATOR, Role.AUDITOR)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -54,6 +58,12 @@ class StudyApiService(study_api_pb2_grpc.StudyApiServicer):
         identity, _ = await self._access.require(context, Role.RESEARCHER, _SERVICE)
         return identity.name
 
+    async def _viewer(self, context: Context) -> Viewer:
+        """A researcher's name (they see the studies of their permits), None for an operator
+        or an auditor (they see every study)."""
+        identity, _ = await self._access.require(context, _READERS, _SERVICE)
+        return identity.name if identity.role is Role.RESEARCHER else None
+
     async def Submit(  # noqa: N802
         self, request: study_api_pb2.SubmitStudyRequest, context: Context
     ) -> study_api_pb2.SubmitStudyResponse:
@@ -70,20 +80,20 @@ class StudyApiService(study_api_pb2_grpc.StudyApiServicer):
     async def Get(  # noqa: N802
         self, request: study_api_pb2.GetStudyRequest, context: Context
     ) -> study_api_pb2.GetStudyResponse:
-        submitter = await self._researcher(context)
-        study = await guarded(context, self._dispatcher.get(submitter, request.study_id))
+        viewer = await self._viewer(context)
+        study = await guarded(context, self._dispatcher.get(viewer, request.study_id))
         return study_api_pb2.GetStudyResponse(study=serde.encode_study(study))
 
     async def List(  # noqa: N802
         self, request: study_api_pb2.ListStudiesRequest, context: Context
     ) -> study_api_pb2.ListStudiesResponse:
-        submitter = await self._researcher(context)
+        viewer = await self._viewer(context)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         try:
             after = decode_page_token(request.page_token)
         except InvalidPageTokenError as exc:
             await abort_for(context, exc)
-        page = await guarded(context, self._dispatcher.list_studies(submitter, size, after))
+        page = await guarded(context, self._dispatcher.list_studies(viewer, size, after))
         return study_api_pb2.ListStudiesResponse(
             studies=[serde.encode_study(study) for study in page.studies],
             next_page_token=encode_page_token(page.next_after)
@@ -103,8 +113,8 @@ class StudyApiService(study_api_pb2_grpc.StudyApiServicer):
     async def Watch(  # noqa: N802
         self, request: study_api_pb2.WatchStudyRequest, context: Context
     ) -> AsyncIterator[study_api_pb2.StudyEvent]:
-        submitter = await self._researcher(context)
-        studies = aiter(self._dispatcher.watch(submitter, request.study_id))
+        viewer = await self._viewer(context)
+        studies = aiter(self._dispatcher.watch(viewer, request.study_id))
         while True:
             try:
                 study = await anext(studies)

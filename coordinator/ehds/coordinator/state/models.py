@@ -12,6 +12,13 @@ Why these shapes:
 * `results` is keyed by `task_id` (one task per study and node), so a result received twice is
   stored once whatever the node does.
 * `studies.seq` orders studies for paging (newest first) independently of clock resolution.
+* The audit trail is the hash chain of `ehds.audit` (table ``audit_log``): every change appends
+  its entry in the same transaction as the change (see `transitions.py`).
+* A task keeps what its TaskAssignment was signed with (nonce, the coordinator's audit entry,
+  the signature), so that every re-send is byte-identical to the first: a node tells a
+  re-delivery from a replay by the nonce.
+* Who may see a study follows from its permit: `permit_holders` lists the holders of every
+  registered permit, one row each, so that "the studies whose permit I hold" is a join.
 
 Alembic migrations (`ehds/coordinator/migrations`) must match these models; a test runs
 `alembic check` against both database engines.
@@ -23,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -39,8 +47,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from ehds.audit import audit_table
+
 NAME_LENGTH = 63
 """A participant name (`ehds.pki.identity.NAME_PATTERN`)."""
+
+PERMIT_ID_LENGTH = 100
+"""A permit id (`ehds.permits` ID_PATTERN)."""
 
 STUDY_ID_LENGTH = 32
 TASK_ID_LENGTH = STUDY_ID_LENGTH + 1 + NAME_LENGTH
@@ -103,6 +116,9 @@ class NodeRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_by: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     revoked_reason: Mapped[str | None] = mapped_column(Text)
+    # The head of the node's audit chain last recorded in ours ("node.audit_head" entry).
+    audit_head_seq: Mapped[int | None] = mapped_column(BigInteger)
+    audit_head_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class StudyRow(Base):
@@ -110,7 +126,9 @@ class StudyRow(Base):
     __table_args__ = (
         UniqueConstraint("submitted_by", "request_id"),
         Index(None, "submitted_by", "seq"),
+        Index(None, "data_permit_id", "seq"),
         Index(None, "state"),
+        Index(None, "ended_at"),
     )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -135,6 +153,8 @@ class StudyRow(Base):
     # Absolute: created_at + deadline_seconds. Re-armed as a timer after a restart.
     deadline_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Set when retention deleted the study's results, result document and parameters.
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class TaskRow(Base):
@@ -164,6 +184,12 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # Ended (cancelled, timed out) while the node was away: send it CancelTask when it is back.
     cancel_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The signed TaskAssignment, fixed when it is first sent (None before): random nonce, the
+    # coordinator's audit entry that dispatched it, and the signature (base64).
+    nonce: Mapped[str | None] = mapped_column(String(64))
+    audit_seq: Mapped[int | None] = mapped_column(BigInteger)
+    audit_hash: Mapped[str | None] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(Text)
 
 
 class ResultRow(Base):
@@ -193,20 +219,40 @@ class StudyResultRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class AuditEventRow(Base):
-    """One state change, written in the same transaction as the change itself.
+class PermitRow(Base):
+    """A data permit registered at this coordinator: the signed document exactly as issued,
+    and its content for queries. A permit id names one document forever (a different document
+    under a registered id is refused), so studies can refer to the permit by id."""
 
-    `detail` is canonical JSON of identifiers, states, codes and digests: never a result's
-    content or anything from a CDM.
-    """
+    __tablename__ = "permits"
 
-    __tablename__ = "audit_events"
-    __table_args__ = (Index(None, "study_id"),)
+    id: Mapped[str] = mapped_column(String(PERMIT_ID_LENGTH), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    document: Mapped[bytes] = mapped_column(LargeBinary)
+    # SHA-256 (hex) of the document bytes.
+    digest: Mapped[str] = mapped_column(String(64))
+    # JSON lists (the order of the document).
+    holders: Mapped[str] = mapped_column(Text)
+    nodes: Mapped[str] = mapped_column(Text)
+    analyses: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(Text)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime)
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # "ROLE NAME" of who registered it.
+    registered_by: Mapped[str] = mapped_column(String(200))
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    ts: Mapped[datetime] = mapped_column(UtcDateTime)
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(100))
-    study_id: Mapped[str | None] = mapped_column(String(STUDY_ID_LENGTH))
-    node: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    detail: Mapped[str] = mapped_column(Text)
+
+class PermitHolderRow(Base):
+    """One holder of one permit: "which permits does alice hold" without parsing JSON."""
+
+    __tablename__ = "permit_holders"
+    __table_args__ = (Index(None, "holder"),)
+
+    permit_id: Mapped[str] = mapped_column(ForeignKey("permits.id"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+
+
+AUDIT_LOG = audit_table(Base.metadata)
+"""The coordinator's audit chain (`ehds.audit`): one row per signed entry."""

@@ -14,16 +14,17 @@ from typing import Concatenate, ParamSpec, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ehds.audit import AuditRef
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import NodeNotFoundError
 from ehds.coordinator.result_document import CONTENT_TYPE
 from ehds.coordinator.state.models import NodeRow, ResultRow, StudyRow, TaskRow
-from ehds.coordinator.state.snapshots import analysis_label, assignment, node_info, profile_json
+from ehds.coordinator.state.snapshots import analysis_label, node_info, profile_json
 from ehds.coordinator.state.transitions import (
     Transitions,
-    audit,
     chunks,
     node_actor,
+    task_subject,
 )
 from ehds.federation import limits
 from ehds.federation.chunks import AssembledPayload
@@ -57,6 +58,8 @@ R = TypeVar("R")
 class HelloOutcome:
     revoked: bool
     effects: Effects = field(default_factory=Effects)
+    # (seq, hash) of the node's audit chain head last recorded here.
+    audit_head: tuple[int, str] | None = None
 
 
 @dataclass
@@ -107,12 +110,11 @@ class NodeChanges(Transitions):
         node.certificate_serial = (
             f"{certificate_serial:x}" if certificate_serial is not None else None
         )
-        audit(
+        self._audit(
             session,
-            now,
             node_actor(name),
             "node.connected",
-            node=name,
+            subject=node_actor(name),
             protocol=str(version),
             software=f"{profile.software.name} {profile.software.version}",
             policy_version=profile.policy_version,
@@ -120,7 +122,7 @@ class NodeChanges(Transitions):
             capabilities=[str(ref) for ref in profile.capabilities],
         )
         session.flush()
-        outcome = HelloOutcome(revoked=False)
+        outcome = HelloOutcome(revoked=False, audit_head=self.recorded_audit_head(session, name))
         effects = outcome.effects
         rows = session.execute(
             select(TaskRow, StudyRow)
@@ -138,8 +140,8 @@ class NodeChanges(Transitions):
             elif task.state == NodeTaskState.NOT_DISPATCHED.name:
                 self._dispatch(session, now, task, study, profile=profile, effects=effects)
             elif task.state == NodeTaskState.DISPATCHED.name:
-                # At-least-once: sent before, never acknowledged.
-                effects.send(name, assignment(task, study))
+                # At-least-once: sent before, never acknowledged (the same signed bytes).
+                effects.send(name, self._assignment(session, task, study))
         return outcome
 
     def reconcile(
@@ -154,13 +156,19 @@ class NodeChanges(Transitions):
             .where(
                 TaskRow.node_name == name,
                 TaskRow.ended_at.is_(None),
-                TaskRow.state.in_((NodeTaskState.RECEIVED.name, NodeTaskState.RUNNING.name)),
+                TaskRow.state.in_(
+                    (
+                        NodeTaskState.RECEIVED.name,
+                        NodeTaskState.RUNNING.name,
+                        NodeTaskState.AWAITING_RELEASE.name,
+                    )
+                ),
             )
         ).all()
         for task, study in rows:
             if task.task_id not in in_flight:
                 log.info("node %s lost task %s: sending it again", name, task.task_id)
-                effects.send(name, assignment(task, study))
+                effects.send(name, self._assignment(session, task, study))
         listed = sorted(in_flight)
         for ids in chunks(listed):
             for task in session.scalars(
@@ -170,7 +178,7 @@ class NodeChanges(Transitions):
                     TaskRow.ended_at.is_not(None),
                 )
             ):
-                if task.state == NodeTaskState.DONE.name:
+                if task.state == NodeTaskState.RELEASED.name:
                     result = session.get(ResultRow, task.task_id)
                     if result is not None:
                         effects.send(
@@ -179,6 +187,34 @@ class NodeChanges(Transitions):
                 else:
                     effects.send(name, CancelTask(task.task_id, task.reason or "task ended"))
         return effects
+
+    def node_audit_head(self, session: Session, name: str, head: AuditRef) -> bool:
+        """Record the head of node ``name``'s audit chain as an anchor in ours, unless it is
+        the one recorded last; True if an entry was written. Both chains then hold evidence
+        of each other: a node that later truncates or rewrites its chain no longer matches
+        the anchors here (`ehds audit verify --against`)."""
+        node = session.get(NodeRow, name)
+        if node is None:
+            return False
+        if node.audit_head_seq == head.seq and node.audit_head_hash == head.hash:
+            return False
+        self._audit(
+            session,
+            node_actor(name),
+            "node.audit_head",
+            subject=node_actor(name),
+            anchor=head,
+        )
+        node.audit_head_seq = head.seq
+        node.audit_head_hash = head.hash
+        return True
+
+    def recorded_audit_head(self, session: Session, name: str) -> tuple[int, str] | None:
+        """(seq, hash) of node ``name``'s chain head last recorded here."""
+        node = session.get(NodeRow, name)
+        if node is None or node.audit_head_seq is None or node.audit_head_hash is None:
+            return None
+        return node.audit_head_seq, node.audit_head_hash
 
     def flush_last_seen(self, session: Session, last_seen: Mapping[str, datetime]) -> None:
         if not last_seen:
@@ -207,7 +243,7 @@ class NodeChanges(Transitions):
             node.revoked_at = now
             node.revoked_by = operator
             node.revoked_reason = reason
-            audit(session, now, actor, "node.revoked", node=name, reason=reason)
+            self._audit(session, actor, "node.revoked", subject=node_actor(name), reason=reason)
         task_reason = f"node revoked: {reason}" if reason else "node revoked"
         rows = session.execute(
             select(TaskRow, StudyRow)
@@ -238,7 +274,7 @@ class NodeChanges(Transitions):
         if task is None:
             return effects
         if task.ended_at is not None:
-            if task.state not in (NodeTaskState.DONE.name, NodeTaskState.REFUSED.name):
+            if task.state not in (NodeTaskState.RELEASED.name, NodeTaskState.REFUSED.name):
                 effects.send(node, CancelTask(task.task_id, task.reason or "task ended"))
             return effects
         if task.state not in (NodeTaskState.DISPATCHED.name, NodeTaskState.NOT_DISPATCHED.name):
@@ -248,14 +284,13 @@ class NodeChanges(Transitions):
         task.dispatched_at = task.dispatched_at or now
         task.received_at = now
         task.updated_at = now
-        audit(
+        self._audit(
             session,
-            now,
             node_actor(node),
             "task.received",
-            study_id=study.id,
+            subject=task_subject(task.task_id),
+            study=study.id,
             node=node,
-            task_id=task.task_id,
         )
         self._advance(study, StudyState.RUNNING, now, effects)
         self._touch(study, now, effects)
@@ -273,26 +308,31 @@ class NodeChanges(Transitions):
         fraction: float,
         reported_at: datetime | None = None,
     ) -> Effects:
-        """Write a task's progress (RUNNING, stage, fraction). The dispatcher keeps progress in
-        memory and writes it lazily (`flush_progress`); ``reported_at``: when the node reported
-        it (default ``now``)."""
+        """Write a task's progress (RUNNING, or AWAITING_RELEASE for that stage; stage,
+        fraction). The dispatcher keeps progress in memory and writes it lazily
+        (`flush_progress`), except the AWAITING_RELEASE stage, written at once;
+        ``reported_at``: when the node reported it (default ``now``)."""
         effects = Effects()
         task = self._owned_task(session, node, task_id, "TaskProgress")
         if task is None or task.ended_at is not None:
             return effects
         study = self._study_of(session, task)
-        if task.state != NodeTaskState.RUNNING.name:
-            task.state = NodeTaskState.RUNNING.name
+        state = (
+            NodeTaskState.AWAITING_RELEASE
+            if stage is TaskStage.AWAITING_RELEASE
+            else NodeTaskState.RUNNING
+        )
+        if task.state != state.name:
+            task.state = state.name
             task.dispatched_at = task.dispatched_at or now
             task.received_at = task.received_at or now
-            audit(
+            self._audit(
                 session,
-                now,
                 node_actor(node),
-                "task.running",
-                study_id=study.id,
+                f"task.{state.name.lower()}",
+                subject=task_subject(task.task_id),
+                study=study.id,
                 node=node,
-                task_id=task.task_id,
             )
             self._advance(study, StudyState.RUNNING, now, effects)
         task.stage = stage.name
@@ -373,7 +413,9 @@ class NodeChanges(Transitions):
         digest = payload.sha256.hex()
         actor = node_actor(node)
         existing = (
-            session.get(ResultRow, task.task_id) if task.state == NodeTaskState.DONE.name else None
+            session.get(ResultRow, task.task_id)
+            if task.state == NodeTaskState.RELEASED.name
+            else None
         )
         if existing is not None:
             if (
@@ -387,15 +429,14 @@ class NodeChanges(Transitions):
                 existing.sha256 = digest
                 existing.size = len(payload.data)
                 existing.received_at = now
-                audit(
+                self._audit(
                     session,
-                    now,
                     actor,
                     "result.replaced",
-                    study_id=study.id,
+                    subject=task_subject(task.task_id),
+                    digest=f"sha256:{digest}",
+                    study=study.id,
                     node=node,
-                    task_id=task.task_id,
-                    sha256=digest,
                     size=len(payload.data),
                 )
                 return outcome
@@ -404,15 +445,14 @@ class NodeChanges(Transitions):
         if task.ended_at is not None:
             # Too late (timed out, cancelled, ...): not used, but acknowledged so that the node
             # stops sending it.
-            audit(
+            self._audit(
                 session,
-                now,
                 actor,
                 "result.discarded",
-                study_id=study.id,
+                subject=task_subject(task.task_id),
+                digest=f"sha256:{digest}",
+                study=study.id,
                 node=node,
-                task_id=task.task_id,
-                sha256=digest,
                 task_state=task.state,
             )
             return outcome
@@ -444,7 +484,7 @@ class NodeChanges(Transitions):
             )
         )
         self._count_ended(session, study)
-        task.state = NodeTaskState.DONE.name
+        task.state = NodeTaskState.RELEASED.name
         task.error_code = ErrorCode.UNSPECIFIED.name
         task.reason = ""
         task.fraction = 1.0
@@ -453,15 +493,14 @@ class NodeChanges(Transitions):
         task.received_at = task.received_at or now
         latency = (now - task.dispatched_at).total_seconds() if task.dispatched_at else 0.0
         effects.completed.append((analysis_label(study), max(0.0, latency)))
-        audit(
+        self._audit(
             session,
-            now,
             actor,
-            "task.done",
-            study_id=study.id,
+            "task.released",
+            subject=task_subject(task.task_id),
+            digest=f"sha256:{digest}",
+            study=study.id,
             node=node,
-            task_id=task.task_id,
-            sha256=digest,
             size=len(payload.data),
         )
         self._advance(study, StudyState.RUNNING, now, effects)

@@ -20,14 +20,12 @@ from ehds.federation.model import (
     StudyNodeStatus,
     StudySpec,
     StudyState,
-    TaskAssignment,
     TaskStage,
 )
 
 __all__ = [
     "analysis_label",
     "analysis_ref",
-    "assignment",
     "node_info",
     "profile_from_json",
     "profile_json",
@@ -73,19 +71,6 @@ def node_info(row: NodeRow, *, connected: bool = False) -> NodeInfo:
         protocol_version=version,
         profile=profile_from_json(row.profile) if row.profile else None,
         revoked=row.revoked,
-    )
-
-
-def assignment(task: TaskRow, study: StudyRow) -> TaskAssignment:
-    return TaskAssignment(
-        task_id=task.task_id,
-        study_id=study.id,
-        analysis=analysis_ref(study),
-        parameters=study.parameters,
-        deadline=study.deadline_at,
-        min_cell_count=study.min_cell_count,
-        data_permit_id=study.data_permit_id,
-        requested_by=study.submitted_by,
     )
 
 

@@ -1,28 +1,43 @@
-"""Changes made by researchers (submit, cancel) and by the clock (deadlines), and the
-resumption of open studies at start."""
+"""Changes made by researchers (submit, cancel) and by the clock (deadlines, retention), and
+the resumption of open studies at start.
+
+A study is accepted only under a registered data permit that, at submission, is valid, signed
+by a trusted HDAB, covers the analysis and every target node, and is held by the submitter
+(`ehds.permits.check_permit`, in the library's order of rules). Each node checks the permit
+again, against its own pinned HDAB keys, before it runs anything.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ehds.audit import payload_digest
 from ehds.coordinator.effects import Effects
-from ehds.coordinator.errors import InvalidStudyError
-from ehds.coordinator.state.models import NodeRow, StudyRow, TaskRow
+from ehds.coordinator.errors import InvalidStudyError, StudyPermitError
+from ehds.coordinator.state.models import (
+    NodeRow,
+    PermitRow,
+    ResultRow,
+    StudyResultRow,
+    StudyRow,
+    TaskRow,
+)
 from ehds.coordinator.state.snapshots import analysis_ref, study_model
 from ehds.coordinator.state.transitions import (
     AT_NODE,
+    AUDIT_MAX_NAMES,
     COORDINATOR_ACTOR,
     NOT_CONNECTED,
     OPEN_STUDY_STATES,
     Transitions,
-    audit,
+    researcher_actor,
+    study_subject,
 )
 from ehds.coordinator.validation import ValidatedSpec, resolve_targets
 from ehds.federation.model import (
@@ -30,9 +45,11 @@ from ehds.federation.model import (
     NodeProfile,
     NodeTaskState,
     Study,
+    StudySpec,
     StudyState,
     TaskStage,
 )
+from ehds.permits import Permit, PermitRefusal, PermitRefusedError, check_permit
 
 __all__ = ["StudyChanges"]
 
@@ -74,12 +91,13 @@ class StudyChanges(Transitions):
                         f"request_id: already used for study {existing.id}, with another spec"
                     )
                 return self._snapshot(session, existing, with_parameters=True), effects
+        permit, permit_row = self._study_permit(session, now, submitter, spec)
         known: dict[str, bool] = {}
         for name, revoked, serial in session.execute(
             select(NodeRow.name, NodeRow.revoked, NodeRow.certificate_serial)
         ):
             known[name] = revoked or (serial is not None and int(serial, 16) in revoked_serials)
-        targets = resolve_targets(spec, known)
+        targets = resolve_targets(spec, known, permit.nodes)
         study = StudyRow(
             id=secrets.token_hex(8),
             title=spec.title,
@@ -120,18 +138,19 @@ class StudyChanges(Transitions):
         session.add_all(tasks)
         session.info.setdefault("studies", {})[study.id] = study
         session.info.setdefault("open_tasks", {})[study.id] = len(tasks)
-        audit(
+        self._audit(
             session,
-            now,
-            f"researcher {submitter}",
+            researcher_actor(submitter),
             "study.submitted",
-            study_id=study.id,
+            subject=study_subject(study.id),
+            digest=payload_digest(spec.parameters),
             analysis=str(spec.analysis),
-            parameters_sha256=hashlib.sha256(spec.parameters).hexdigest(),
             min_nodes=spec.min_nodes,
             deadline_seconds=spec.deadline_seconds,
-            targets=targets,
-            data_permit_id=spec.data_permit_id,
+            targets=targets if len(targets) <= AUDIT_MAX_NAMES else None,
+            target_count=len(targets),
+            permit=spec.data_permit_id,
+            permit_digest=permit_row.digest,
             request_id=request_id,
         )
         effects.studies_submitted = 1
@@ -143,6 +162,36 @@ class StudyChanges(Transitions):
                 self._dispatch(session, now, task, study, profile=profile, effects=effects)
         session.flush()
         return study_model(study, tasks, with_parameters=True), effects
+
+    def _study_permit(
+        self, session: Session, now: datetime, submitter: str, spec: StudySpec
+    ) -> tuple[Permit, PermitRow]:
+        """The study's permit if it allows the study now, else `StudyPermitError` naming the
+        first rule it breaks (the order of `ehds.permits.check_permit`: the document, its
+        validity, then the nodes, the analysis, the holder)."""
+        row = session.get(PermitRow, spec.data_permit_id)
+        if row is None:
+            raise StudyPermitError(
+                PermitRefusal.MISSING,
+                "no permit of this id is registered at this coordinator "
+                "(register it first: ehds permit register)",
+            )
+        try:
+            permit = check_permit(row.document, trusted=self._trusted, now=now).permit
+            outside = [name for name in spec.target_nodes if not permit.covers_node(name)]
+            if outside:
+                # The researcher's own target names: safe, and what they must fix.
+                raise StudyPermitError(
+                    PermitRefusal.NODE_NOT_COVERED,
+                    f"{PermitRefusal.NODE_NOT_COVERED.message} ({', '.join(outside)})",
+                )
+            if not permit.covers_analysis(spec.analysis.name):
+                raise PermitRefusedError(PermitRefusal.ANALYSIS_NOT_COVERED)
+            if not permit.held_by(submitter):
+                raise PermitRefusedError(PermitRefusal.NOT_HOLDER)
+        except PermitRefusedError as exc:
+            raise StudyPermitError(exc.reason) from None
+        return permit, row
 
     def cancel(
         self,
@@ -245,3 +294,35 @@ class StudyChanges(Transitions):
             else:
                 effects.deadlines[study.id] = study.deadline_at
         return effects
+
+    def purge_ended(self, session: Session, now: datetime, cutoff: datetime, limit: int) -> int:
+        """Retention: delete the results, result document and parameters of up to ``limit``
+        studies that ended before ``cutoff``; the study and task rows stay (marked purged) and
+        each purge is one audit entry. Returns how many studies were purged."""
+        studies = list(
+            session.scalars(
+                select(StudyRow)
+                .where(StudyRow.ended_at < cutoff, StudyRow.purged_at.is_(None))
+                .order_by(StudyRow.ended_at)
+                .limit(limit)
+            )
+        )
+        for study in studies:
+            results = session.execute(delete(ResultRow).where(ResultRow.study_id == study.id))
+            document = session.execute(
+                delete(StudyResultRow).where(StudyResultRow.study_id == study.id)
+            )
+            study.parameters = b""
+            study.purged_at = now
+            assert study.ended_at is not None  # selected on it
+            self._audit(
+                session,
+                COORDINATOR_ACTOR,
+                "retention.deleted",
+                subject=study_subject(study.id),
+                results=int(getattr(results, "rowcount", 0) or 0),
+                result_document=bool(getattr(document, "rowcount", 0)),
+                parameters=True,
+                ended_at=study.ended_at.isoformat(),
+            )
+        return len(studies)

@@ -4,24 +4,30 @@ make (`node_changes.py`, `study_changes.py`); `store.py` puts them together.
 Task lifecycle (`TaskRow.state`; final once `ended_at` is set):
 
     NOT_DISPATCHED --(node connected and offers the analysis)--> DISPATCHED --TaskAck-->
-    RECEIVED --TaskProgress--> RUNNING --result stored--> DONE
+    RECEIVED --TaskProgress--> RUNNING <--> AWAITING_RELEASE --result stored--> RELEASED
     any open state --TaskOutcome--> REFUSED | FAILED,  --deadline--> TIMED_OUT,
     --study cancelled--> CANCELLED,  --node revoked--> FAILED;
     NOT_DISPATCHED is final when the node does not offer the analysis.
+
+AWAITING_RELEASE: the node computed the result and holds it for its operator's review
+(policy ``release: manual``); the coordinator holds no result meanwhile. A release rejected by
+the node's operator ends the task REFUSED (RELEASE_REJECTED).
 
 Study lifecycle: SUBMITTED -> DISPATCHED (a task sent) -> RUNNING (a task acknowledged) ->
 AGGREGATING (every task final, >= min_nodes results) -> COMPLETED, in the same transaction as
 the last task's end; FAILED (too few results, or the aggregation failed); CANCELLED.
 
-Every change writes its audit event in the same transaction, and returns what must happen
-outside the database as `Effects`.
+Every change appends its entry to the coordinator's audit chain (`ehds.audit`) in the same
+transaction, and returns what must happen outside the database as `Effects`. A TaskAssignment
+is signed once, when it is first sent, and stored: every re-send is the same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import secrets
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,8 +35,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from ehds.analyses.base import canonical_json
 from ehds.analyses.registry import Registry
+from ehds.audit import AuditLog, AuditRef, payload_digest
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import StudyNotFoundError
 from ehds.coordinator.result_document import (
@@ -40,13 +46,17 @@ from ehds.coordinator.result_document import (
     node_results,
 )
 from ehds.coordinator.state.models import (
-    AuditEventRow,
+    PermitHolderRow,
+    PermitRow,
     ResultRow,
     StudyResultRow,
     StudyRow,
     TaskRow,
 )
-from ehds.coordinator.state.snapshots import analysis_label, analysis_ref, assignment, study_model
+from ehds.coordinator.state.snapshots import analysis_label, analysis_ref, study_model
+from ehds.core.signing import Signer, sha256_hex
+from ehds.federation import model
+from ehds.federation.assignment_signing import signing_bytes
 from ehds.federation.model import (
     CancelTask,
     ErrorCode,
@@ -54,15 +64,30 @@ from ehds.federation.model import (
     NodeTaskState,
     Study,
     StudyState,
+    TaskAssignment,
 )
+from ehds.permits import HdabKey
 
-__all__ = ["COORDINATOR_ACTOR", "Transitions", "audit", "chunks", "node_actor"]
+__all__ = [
+    "COORDINATOR_ACTOR",
+    "Transitions",
+    "Viewer",
+    "chunks",
+    "node_actor",
+    "study_subject",
+    "task_subject",
+]
 
 log = logging.getLogger(__name__)
 
 
 COORDINATOR_ACTOR = "coordinator"
 IN_CLAUSE_CHUNK = 500
+NONCE_BYTES = 16
+AUDIT_TEXT_CHARS = 500
+AUDIT_MAX_NAMES = 200
+"""Lists of node names in an entry: longer ones are recorded by count (each task's own
+entries name its node)."""
 
 NOT_CONNECTED = "node not connected"
 OPEN_STUDY_STATES = (
@@ -73,34 +98,33 @@ OPEN_STUDY_STATES = (
 )
 # States in which a node holds (or may hold) the task: it must hear of a cancel.
 AT_NODE = frozenset(
-    {NodeTaskState.DISPATCHED.name, NodeTaskState.RECEIVED.name, NodeTaskState.RUNNING.name}
+    {
+        NodeTaskState.DISPATCHED.name,
+        NodeTaskState.RECEIVED.name,
+        NodeTaskState.RUNNING.name,
+        NodeTaskState.AWAITING_RELEASE.name,
+    }
 )
 
-
-def audit(
-    session: Session,
-    now: datetime,
-    actor: str,
-    action: str,
-    *,
-    study_id: str | None = None,
-    node: str | None = None,
-    **detail: Any,
-) -> None:
-    session.add(
-        AuditEventRow(
-            ts=now,
-            actor=actor,
-            action=action,
-            study_id=study_id,
-            node=node,
-            detail=canonical_json(detail).decode(),
-        )
-    )
+Viewer = str | None
+"""Who reads studies: a researcher's name (sees the studies of the permits they hold, and the
+ones they submitted), or None for everything (operators, auditors, the coordinator itself)."""
 
 
 def node_actor(name: str) -> str:
     return f"node {name}"
+
+
+def researcher_actor(name: str) -> str:
+    return f"researcher {name}"
+
+
+def study_subject(study_id: str) -> str:
+    return f"study {study_id}"
+
+
+def task_subject(task_id: str) -> str:
+    return f"task {task_id}"
 
 
 def chunks(values: Sequence[str], size: int = IN_CLAUSE_CHUNK) -> Iterable[Sequence[str]]:
@@ -108,15 +132,64 @@ def chunks(values: Sequence[str], size: int = IN_CLAUSE_CHUNK) -> Iterable[Seque
         yield values[start : start + size]
 
 
+def to_model_ref(ref: AuditRef | None) -> model.AuditRef | None:
+    return None if ref is None else model.AuditRef(ref.chain, ref.seq, ref.hash)
+
+
 class Transitions:
     """Row-level steps of the state machine. Stateless: everything lives in the database (and,
-    for one transaction, in ``session.info`` caches)."""
+    for one transaction, in ``session.info`` caches).
 
-    def __init__(self, registry: Registry, *, min_cell_count: int) -> None:
+    ``audit_log`` is the coordinator's chain, ``signer`` its key (the TLS key) that signs the
+    task assignments, ``trusted`` the HDAB keys permits are checked against.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        min_cell_count: int,
+        audit_log: AuditLog,
+        signer: Signer,
+        trusted: Sequence[HdabKey] = (),
+    ) -> None:
         self._registry = registry
         self._min_cell_count = min_cell_count
+        self.audit_log = audit_log
+        self._signer = signer
+        self._trusted = tuple(trusted)
 
     # ------------------------------------------------------------------ helpers
+
+    def _audit(
+        self,
+        session: Session,
+        actor: str,
+        action: str,
+        *,
+        subject: str = "",
+        digest: str = "",
+        anchor: AuditRef | None = None,
+        **detail: Any,
+    ) -> AuditRef:
+        """Append an entry to the chain inside the change's own transaction. Free texts (a
+        reason) are cut to `AUDIT_TEXT_CHARS`: the chain holds identifiers and codes, and an
+        over-long text must not fail the change it records."""
+        # The chain is a Core table that no ORM change touches: reading its head need not
+        # flush the session (a flush per entry would cost more than the entry itself).
+        with session.no_autoflush:
+            return self.audit_log.append(
+                session,
+                actor=actor,
+                action=action,
+                subject=subject,
+                detail={
+                    key: value[:AUDIT_TEXT_CHARS] if isinstance(value, str) else value
+                    for key, value in detail.items()
+                },
+                digest=digest,
+                anchor=anchor,
+            )
 
     def _study(self, session: Session, study_id: str) -> StudyRow | None:
         # Cached for the session (one transaction): a group of writes about one study (a
@@ -146,11 +219,57 @@ class Transitions:
             )
         return count
 
-    def _visible_study(self, session: Session, submitter: str | None, study_id: str) -> StudyRow:
+    def _visible_study(self, session: Session, viewer: Viewer, study_id: str) -> StudyRow:
+        """The study if ``viewer`` may see it; `StudyNotFoundError` otherwise, the same as for a
+        study that does not exist (a researcher cannot probe for other permits' studies)."""
         study = self._study(session, study_id)
-        if study is None or (submitter is not None and study.submitted_by != submitter):
+        if study is None or (viewer is not None and not self._may_see(session, viewer, study)):
             raise StudyNotFoundError(study_id)
         return study
+
+    @staticmethod
+    def _may_see(session: Session, researcher: str, study: StudyRow) -> bool:
+        if study.submitted_by == researcher:
+            return True
+        return session.get(PermitHolderRow, (study.data_permit_id, researcher)) is not None
+
+    def _permit_document(self, session: Session, permit_id: str) -> bytes:
+        """The registered document of ``permit_id`` (b"" for a study older than permits),
+        looked up once per transaction."""
+        cache: dict[str, bytes] = session.info.setdefault("permit_documents", {})
+        document = cache.get(permit_id)
+        if document is None:
+            row = session.get(PermitRow, permit_id)
+            document = cache[permit_id] = row.document if row is not None else b""
+        return document
+
+    def _assignment(self, session: Session, task: TaskRow, study: StudyRow) -> TaskAssignment:
+        """The task's signed TaskAssignment. Signed and stored the first time (ECDSA
+        signatures are randomised: storing the signature is what makes re-sends identical)."""
+        reference = (
+            AuditRef(self.audit_log.chain, task.audit_seq, task.audit_hash)
+            if task.audit_seq is not None and task.audit_hash is not None
+            else None
+        )
+        unsigned = TaskAssignment(
+            task_id=task.task_id,
+            study_id=study.id,
+            analysis=analysis_ref(study),
+            parameters=study.parameters,
+            deadline=study.deadline_at,
+            min_cell_count=study.min_cell_count,
+            data_permit_id=study.data_permit_id,
+            requested_by=study.submitted_by,
+            permit=self._permit_document(session, study.data_permit_id),
+            nonce=task.nonce or "",
+            expires_at=study.deadline_at,
+            coordinator_audit_ref=to_model_ref(reference),
+        )
+        if task.signature is None or task.nonce is None:
+            task.nonce = secrets.token_hex(NONCE_BYTES)
+            unsigned = replace(unsigned, nonce=task.nonce)
+            task.signature = self._signer.sign(signing_bytes(unsigned))
+        return replace(unsigned, signature=task.signature)
 
     def _count_ended(self, session: Session, study: StudyRow) -> None:
         """Call just BEFORE setting a task's ended_at (the count still includes it)."""
@@ -204,14 +323,13 @@ class Transitions:
             effects.refused[label] += 1
         elif state in (NodeTaskState.FAILED, NodeTaskState.TIMED_OUT):
             effects.failed[label] += 1
-        audit(
+        self._audit(
             session,
-            now,
             actor,
             f"task.{state.name.lower()}",
-            study_id=study.id,
+            subject=task_subject(task.task_id),
+            study=study.id,
             node=task.node_name,
-            task_id=task.task_id,
             error_code=code.name,
             reason=reason,
         )
@@ -240,10 +358,12 @@ class Transitions:
         if self._open_tasks(session, study) > 0:
             return
         tasks = self._tasks(session, study.id)
-        done = sum(1 for task in tasks if task.state == NodeTaskState.DONE.name)
+        done = sum(1 for task in tasks if task.state == NodeTaskState.RELEASED.name)
         if done >= study.min_nodes:
             study.state = StudyState.AGGREGATING.name
-            audit(session, now, COORDINATOR_ACTOR, "study.aggregating", study_id=study.id)
+            self._audit(
+                session, COORDINATOR_ACTOR, "study.aggregating", subject=study_subject(study.id)
+            )
             # In the same transaction as the last task's end: one commit fewer on the path
             # from the last result to the researcher (AGGREGATING is then never seen from
             # outside; a study left AGGREGATING by an older version is finished by `resume`).
@@ -269,12 +389,20 @@ class Transitions:
         reason: str,
         effects: Effects,
         actor: str = COORDINATOR_ACTOR,
+        digest: str = "",
     ) -> None:
         study.state = state.name
         study.state_reason = reason
         study.ended_at = now
         effects.ended_studies.add(study.id)
-        audit(session, now, actor, f"study.{state.name.lower()}", study_id=study.id, reason=reason)
+        self._audit(
+            session,
+            actor,
+            f"study.{state.name.lower()}",
+            subject=study_subject(study.id),
+            digest=digest,
+            reason=reason,
+        )
         self._touch(study, now, effects)
 
     def _dispatch(
@@ -320,18 +448,23 @@ class Transitions:
         task.dispatched_at = now
         task.updated_at = now
         task.vocabulary_version = profile.vocabulary_version
-        effects.send(task.node_name, assignment(task, study))
-        effects.dispatched[analysis_label(study)] += 1
-        audit(
+        reference = self._audit(
             session,
-            now,
             COORDINATOR_ACTOR,
             "task.dispatched",
-            study_id=study.id,
+            subject=task_subject(task.task_id),
+            digest=payload_digest(study.parameters),
+            study=study.id,
             node=task.node_name,
-            task_id=task.task_id,
+            analysis=str(analysis_ref(study)),
+            permit=study.data_permit_id,
+            requested_by=study.submitted_by,
             vocabulary_version=profile.vocabulary_version,
         )
+        # The assignment names this entry (the node records it): fixed from now on.
+        task.audit_seq, task.audit_hash = reference.seq, reference.hash
+        effects.send(task.node_name, self._assignment(session, task, study))
+        effects.dispatched[analysis_label(study)] += 1
         self._advance(study, StudyState.DISPATCHED, now, effects)
         self._touch(study, now, effects)
 
@@ -403,11 +536,17 @@ class Transitions:
                 study_id=study.id,
                 content_type=CONTENT_TYPE,
                 content=document,
-                sha256=hashlib.sha256(document).hexdigest(),
+                sha256=sha256_hex(document),
                 created_at=now,
             )
         )
         summary = f"{len(contents)} of {len(tasks)} nodes contributed"
         self._end_study(
-            session, now, study, state=StudyState.COMPLETED, reason=summary, effects=effects
+            session,
+            now,
+            study,
+            state=StudyState.COMPLETED,
+            reason=summary,
+            effects=effects,
+            digest=payload_digest(document),
         )

@@ -1,11 +1,14 @@
 """One thread owns the database; the event loop hands it work and never blocks on SQL.
 
 Why one thread: SQLite has one writer at a time, and serialising every write in one place makes
-each operation atomic with respect to the others without locks in Python. Why group commit:
-with ``synchronous=FULL`` each commit costs an fsync, and a study across a thousand nodes brings
-a thousand acknowledgements and results within a second. Writes queued while a transaction is
-running are taken together into the next one: under light load a write commits at once, under
-heavy load the fsyncs are shared.
+each operation atomic with respect to the others without locks in Python. Reads run on the
+same thread, after the writes queued before them (read-your-writes: a Get after a node's
+acknowledgement sees it, even while the acknowledgement waits for the next group).
+
+Why group commit: with ``synchronous=FULL`` each commit costs an fsync, and a study across a
+thousand nodes brings a thousand acknowledgements and results within a second. Writes queued
+while a transaction is running are taken together into the next one: under light load a write
+commits at once, under heavy load the fsyncs are shared.
 
 A write is a function of a `Session` that returns a value and has no other side effect (no
 sends, no metrics): if the grouped transaction fails, it is rolled back and every write of the
@@ -72,8 +75,11 @@ class DatabaseWorker:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def read(self, fn: Callable[[Session], T]) -> T:
-        """``fn`` in a read-only session (rolled back at the end)."""
+        """``fn`` in a read-only session (rolled back at the end), after every write queued
+        before it has committed (or failed): a read sees what was queued before it."""
         self._check_open()
+        if self._pending:
+            await asyncio.wait([self._pending[-1].future])
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, fn)
 
     async def write(

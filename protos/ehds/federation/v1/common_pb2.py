@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65hds/federation/v1/common.proto\x12\x12\x65hds.federation.v1\"/\n\x0fProtocolVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\"-\n\x0cSoftwareInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\",\n\x0b\x41nalysisRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xd1\x01\n\x0bNodeProfile\x12\x32\n\x08software\x18\x01 \x01(\x0b\x32 .ehds.federation.v1.SoftwareInfo\x12\x13\n\x0b\x63\x64m_version\x18\x02 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x35\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\"`\n\x0cPayloadChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t*\xee\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CODE_POLICY_REFUSED\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_ANALYSIS_UNKNOWN\x10\x02\x12+\n\'ERROR_CODE_ANALYSIS_VERSION_UNSUPPORTED\x10\x03\x12!\n\x1d\x45RROR_CODE_INVALID_PARAMETERS\x10\x04\x12!\n\x1d\x45RROR_CODE_DISCLOSURE_REFUSED\x10\x05\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1e\n\x1a\x45RROR_CODE_CDM_UNAVAILABLE\x10\t\x12\x1d\n\x19\x45RROR_CODE_PERMIT_REFUSED\x10\n*\xc7\x01\n\tTaskStage\x12\x1a\n\x16TASK_STAGE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STAGE_QUEUED\x10\x01\x12\x19\n\x15TASK_STAGE_VALIDATING\x10\x02\x12\x17\n\x13TASK_STAGE_QUERYING\x10\x03\x12\x18\n\x14TASK_STAGE_COMPUTING\x10\x04\x12\x1f\n\x1bTASK_STAGE_DISCLOSURE_CHECK\x10\x05\x12\x18\n\x14TASK_STAGE_UPLOADING\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65hds/federation/v1/common.proto\x12\x12\x65hds.federation.v1\"/\n\x0fProtocolVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\"-\n\x0cSoftwareInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\",\n\x0b\x41nalysisRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xd1\x01\n\x0bNodeProfile\x12\x32\n\x08software\x18\x01 \x01(\x0b\x32 .ehds.federation.v1.SoftwareInfo\x12\x13\n\x0b\x63\x64m_version\x18\x02 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x35\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\"`\n\x0cPayloadChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"4\n\x08\x41uditRef\x12\r\n\x05\x63hain\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\t*\xb3\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CODE_POLICY_REFUSED\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_ANALYSIS_UNKNOWN\x10\x02\x12+\n\'ERROR_CODE_ANALYSIS_VERSION_UNSUPPORTED\x10\x03\x12!\n\x1d\x45RROR_CODE_INVALID_PARAMETERS\x10\x04\x12!\n\x1d\x45RROR_CODE_DISCLOSURE_REFUSED\x10\x05\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x12\x1e\n\x1a\x45RROR_CODE_CDM_UNAVAILABLE\x10\t\x12\x1d\n\x19\x45RROR_CODE_PERMIT_REFUSED\x10\n\x12\"\n\x1e\x45RROR_CODE_ASSIGNMENT_REJECTED\x10\x0b\x12\x1f\n\x1b\x45RROR_CODE_RELEASE_REJECTED\x10\x0c*\xe8\x01\n\tTaskStage\x12\x1a\n\x16TASK_STAGE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STAGE_QUEUED\x10\x01\x12\x19\n\x15TASK_STAGE_VALIDATING\x10\x02\x12\x17\n\x13TASK_STAGE_QUERYING\x10\x03\x12\x18\n\x14TASK_STAGE_COMPUTING\x10\x04\x12\x1f\n\x1bTASK_STAGE_DISCLOSURE_CHECK\x10\x05\x12\x18\n\x14TASK_STAGE_UPLOADING\x10\x06\x12\x1f\n\x1bTASK_STAGE_AWAITING_RELEASE\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ehds.federation.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=508
-  _globals['_ERRORCODE']._serialized_end=874
-  _globals['_TASKSTAGE']._serialized_start=877
-  _globals['_TASKSTAGE']._serialized_end=1076
+  _globals['_ERRORCODE']._serialized_start=562
+  _globals['_ERRORCODE']._serialized_end=997
+  _globals['_TASKSTAGE']._serialized_start=1000
+  _globals['_TASKSTAGE']._serialized_end=1232
   _globals['_PROTOCOLVERSION']._serialized_start=55
   _globals['_PROTOCOLVERSION']._serialized_end=102
   _globals['_SOFTWAREINFO']._serialized_start=104
@@ -45,4 +45,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEPROFILE']._serialized_end=407
   _globals['_PAYLOADCHUNK']._serialized_start=409
   _globals['_PAYLOADCHUNK']._serialized_end=505
+  _globals['_AUDITREF']._serialized_start=507
+  _globals['_AUDITREF']._serialized_end=559
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,13 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """The node's CDM database is unreachable or not in a usable state."""
     ERROR_CODE_PERMIT_REFUSED: _ErrorCode.ValueType  # 10
     """The study's EHDS data permit is missing, unknown, expired or does not cover this node."""
+    ERROR_CODE_ASSIGNMENT_REJECTED: _ErrorCode.ValueType  # 11
+    """Protocol 1.3: the node refused the TaskAssignment itself: its signature does not verify
+    against the coordinator certificate of the Welcome, it has expired, or it replays a task id
+    the node has seen with another nonce. The message names which (assignment.*).
+    """
+    ERROR_CODE_RELEASE_REJECTED: _ErrorCode.ValueType  # 12
+    """Protocol 1.3: the node's operator reviewed the held result and rejected its release."""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Typed reasons for a task that did not produce a result. Only these codes and a short, fixed
@@ -95,6 +102,13 @@ ERROR_CODE_CDM_UNAVAILABLE: ErrorCode.ValueType  # 9
 """The node's CDM database is unreachable or not in a usable state."""
 ERROR_CODE_PERMIT_REFUSED: ErrorCode.ValueType  # 10
 """The study's EHDS data permit is missing, unknown, expired or does not cover this node."""
+ERROR_CODE_ASSIGNMENT_REJECTED: ErrorCode.ValueType  # 11
+"""Protocol 1.3: the node refused the TaskAssignment itself: its signature does not verify
+against the coordinator certificate of the Welcome, it has expired, or it replays a task id
+the node has seen with another nonce. The message names which (assignment.*).
+"""
+ERROR_CODE_RELEASE_REJECTED: ErrorCode.ValueType  # 12
+"""Protocol 1.3: the node's operator reviewed the held result and rejected its release."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 class _TaskStage:
@@ -116,6 +130,10 @@ class _TaskStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStage.V
     """Applying disclosure control to the result."""
     TASK_STAGE_UPLOADING: _TaskStage.ValueType  # 6
     """Sending the result to the coordinator."""
+    TASK_STAGE_AWAITING_RELEASE: _TaskStage.ValueType  # 7
+    """Protocol 1.3: computed and held at the node until its operator releases or rejects it
+    (policy.yaml `release: manual`); the coordinator holds no result for the task meanwhile.
+    """
 
 class TaskStage(_TaskStage, metaclass=_TaskStageEnumTypeWrapper):
     """Stage of a task at a node. A fixed set rather than free text, for the same reason as
@@ -135,6 +153,10 @@ TASK_STAGE_DISCLOSURE_CHECK: TaskStage.ValueType  # 5
 """Applying disclosure control to the result."""
 TASK_STAGE_UPLOADING: TaskStage.ValueType  # 6
 """Sending the result to the coordinator."""
+TASK_STAGE_AWAITING_RELEASE: TaskStage.ValueType  # 7
+"""Protocol 1.3: computed and held at the node until its operator releases or rejects it
+(policy.yaml `release: manual`); the coordinator holds no result for the task meanwhile.
+"""
 Global___TaskStage: _TypeAlias = TaskStage  # noqa: Y015
 
 @_typing.final
@@ -326,3 +348,35 @@ class PayloadChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PayloadChunk: _TypeAlias = PayloadChunk  # noqa: Y015
+
+@_typing.final
+class AuditRef(_message.Message):
+    """Protocol 1.3: one entry of a process's tamper-evident audit chain, by position and hash
+    (docs/audit.md). Exchanged so that each side records the other's chain head: a truncated
+    chain is then detectable against what the other side recorded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    chain: _builtins.str
+    """The chain's owner, "ROLE NAME" of its certificate, e.g. "node node-fr"."""
+    seq: _builtins.int
+    hash: _builtins.str
+    """SHA-256 (hex) of the entry."""
+    def __init__(
+        self,
+        *,
+        chain: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain", "hash", b"hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRef: _TypeAlias = AuditRef  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ehds/federation/v1/node_link.proto\x12\x12\x65hds.federation.v1\x1a\x1f\x65hds/federation/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x02\n\x0bNodeMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.HelloH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.ehds.federation.v1.HeartbeatH\x00\x12/\n\x08task_ack\x18\x03 \x01(\x0b\x32\x1b.ehds.federation.v1.TaskAckH\x00\x12\x39\n\rtask_progress\x18\x04 \x01(\x0b\x32 .ehds.federation.v1.TaskProgressH\x00\x12\x37\n\x0cresult_chunk\x18\x05 \x01(\x0b\x32\x1f.ehds.federation.v1.ResultChunkH\x00\x12\x37\n\x0ctask_outcome\x18\x06 \x01(\x0b\x32\x1f.ehds.federation.v1.TaskOutcomeH\x00\x42\x06\n\x04\x62ody\"\xff\x01\n\x12\x43oordinatorMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.ehds.federation.v1.WelcomeH\x00\x12=\n\x0ftask_assignment\x18\x02 \x01(\x0b\x32\".ehds.federation.v1.TaskAssignmentH\x00\x12\x35\n\x0b\x63\x61ncel_task\x18\x03 \x01(\x0b\x32\x1e.ehds.federation.v1.CancelTaskH\x00\x12;\n\x0eresult_receipt\x18\x04 \x01(\x0b\x32!.ehds.federation.v1.ResultReceiptH\x00\x42\x06\n\x04\x62ody\"x\n\x05Hello\x12=\n\x10protocol_version\x18\x01 \x01(\x0b\x32#.ehds.federation.v1.ProtocolVersion\x12\x30\n\x07profile\x18\x02 \x01(\x0b\x32\x1f.ehds.federation.v1.NodeProfile\"4\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1a\n\x12in_flight_task_ids\x18\x02 \x03(\t\"\x1a\n\x07TaskAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"_\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12,\n\x05stage\x18\x03 \x01(\x0e\x32\x1d.ehds.federation.v1.TaskStage\"O\n\x0bResultChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .ehds.federation.v1.PayloadChunk\"b\n\x0bTaskOutcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\nerror_code\x18\x02 \x01(\x0e\x32\x1d.ehds.federation.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x88\x02\n\x07Welcome\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12=\n\x10protocol_version\x18\x02 \x01(\x0b\x32#.ehds.federation.v1.ProtocolVersion\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12>\n\x14\x63oordinator_software\x18\x04 \x01(\x0b\x32 .ehds.federation.v1.SoftwareInfo\x12\x34\n\x10\x63oordinator_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xee\x01\n\x0eTaskAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x31\n\x08\x61nalysis\x18\x03 \x01(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x12\n\nparameters\x18\x04 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emin_cell_count\x18\x06 \x01(\r\x12\x16\n\x0e\x64\x61ta_permit_id\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\"-\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\rResultReceipt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x32\x62\n\x08NodeLink\x12V\n\x07\x43onnect\x12\x1f.ehds.federation.v1.NodeMessage\x1a&.ehds.federation.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ehds/federation/v1/node_link.proto\x12\x12\x65hds.federation.v1\x1a\x1f\x65hds/federation/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x02\n\x0bNodeMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.HelloH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.ehds.federation.v1.HeartbeatH\x00\x12/\n\x08task_ack\x18\x03 \x01(\x0b\x32\x1b.ehds.federation.v1.TaskAckH\x00\x12\x39\n\rtask_progress\x18\x04 \x01(\x0b\x32 .ehds.federation.v1.TaskProgressH\x00\x12\x37\n\x0cresult_chunk\x18\x05 \x01(\x0b\x32\x1f.ehds.federation.v1.ResultChunkH\x00\x12\x37\n\x0ctask_outcome\x18\x06 \x01(\x0b\x32\x1f.ehds.federation.v1.TaskOutcomeH\x00\x42\x06\n\x04\x62ody\"\xff\x01\n\x12\x43oordinatorMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.ehds.federation.v1.WelcomeH\x00\x12=\n\x0ftask_assignment\x18\x02 \x01(\x0b\x32\".ehds.federation.v1.TaskAssignmentH\x00\x12\x35\n\x0b\x63\x61ncel_task\x18\x03 \x01(\x0b\x32\x1e.ehds.federation.v1.CancelTaskH\x00\x12;\n\x0eresult_receipt\x18\x04 \x01(\x0b\x32!.ehds.federation.v1.ResultReceiptH\x00\x42\x06\n\x04\x62ody\"x\n\x05Hello\x12=\n\x10protocol_version\x18\x01 \x01(\x0b\x32#.ehds.federation.v1.ProtocolVersion\x12\x30\n\x07profile\x18\x02 \x01(\x0b\x32\x1f.ehds.federation.v1.NodeProfile\"f\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1a\n\x12in_flight_task_ids\x18\x02 \x03(\t\x12\x30\n\naudit_head\x18\x03 \x01(\x0b\x32\x1c.ehds.federation.v1.AuditRef\"\x1a\n\x07TaskAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"_\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x02\x12,\n\x05stage\x18\x03 \x01(\x0e\x32\x1d.ehds.federation.v1.TaskStage\"\x81\x01\n\x0bResultChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12/\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .ehds.federation.v1.PayloadChunk\x12\x30\n\naudit_head\x18\x03 \x01(\x0b\x32\x1c.ehds.federation.v1.AuditRef\"\x94\x01\n\x0bTaskOutcome\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\nerror_code\x18\x02 \x01(\x0e\x32\x1d.ehds.federation.v1.ErrorCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\naudit_head\x18\x04 \x01(\x0b\x32\x1c.ehds.federation.v1.AuditRef\"\xa9\x02\n\x07Welcome\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12=\n\x10protocol_version\x18\x02 \x01(\x0b\x32#.ehds.federation.v1.ProtocolVersion\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12>\n\x14\x63oordinator_software\x18\x04 \x01(\x0b\x32 .ehds.federation.v1.SoftwareInfo\x12\x34\n\x10\x63oordinator_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17\x63oordinator_certificate\x18\x06 \x01(\x0c\"\x8d\x03\n\x0eTaskAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x31\n\x08\x61nalysis\x18\x03 \x01(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x12\n\nparameters\x18\x04 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emin_cell_count\x18\x06 \x01(\r\x12\x16\n\x0e\x64\x61ta_permit_id\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\x12\x0e\n\x06permit\x18\t \x01(\x0c\x12\r\n\x05nonce\x18\n \x01(\t\x12.\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x15\x63oordinator_audit_ref\x18\x0c \x01(\x0b\x32\x1c.ehds.federation.v1.AuditRef\x12\x11\n\tsignature\x18\r \x01(\t\"-\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\rResultReceipt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x32\x62\n\x08NodeLink\x12V\n\x07\x43onnect\x12\x1f.ehds.federation.v1.NodeMessage\x1a&.ehds.federation.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=756
   _globals['_HELLO']._serialized_end=876
   _globals['_HEARTBEAT']._serialized_start=878
-  _globals['_HEARTBEAT']._serialized_end=930
-  _globals['_TASKACK']._serialized_start=932
-  _globals['_TASKACK']._serialized_end=958
-  _globals['_TASKPROGRESS']._serialized_start=960
-  _globals['_TASKPROGRESS']._serialized_end=1055
-  _globals['_RESULTCHUNK']._serialized_start=1057
-  _globals['_RESULTCHUNK']._serialized_end=1136
-  _globals['_TASKOUTCOME']._serialized_start=1138
-  _globals['_TASKOUTCOME']._serialized_end=1236
-  _globals['_WELCOME']._serialized_start=1239
-  _globals['_WELCOME']._serialized_end=1503
-  _globals['_TASKASSIGNMENT']._serialized_start=1506
-  _globals['_TASKASSIGNMENT']._serialized_end=1744
-  _globals['_CANCELTASK']._serialized_start=1746
-  _globals['_CANCELTASK']._serialized_end=1791
-  _globals['_RESULTRECEIPT']._serialized_start=1793
-  _globals['_RESULTRECEIPT']._serialized_end=1841
-  _globals['_NODELINK']._serialized_start=1843
-  _globals['_NODELINK']._serialized_end=1941
+  _globals['_HEARTBEAT']._serialized_end=980
+  _globals['_TASKACK']._serialized_start=982
+  _globals['_TASKACK']._serialized_end=1008
+  _globals['_TASKPROGRESS']._serialized_start=1010
+  _globals['_TASKPROGRESS']._serialized_end=1105
+  _globals['_RESULTCHUNK']._serialized_start=1108
+  _globals['_RESULTCHUNK']._serialized_end=1237
+  _globals['_TASKOUTCOME']._serialized_start=1240
+  _globals['_TASKOUTCOME']._serialized_end=1388
+  _globals['_WELCOME']._serialized_start=1391
+  _globals['_WELCOME']._serialized_end=1688
+  _globals['_TASKASSIGNMENT']._serialized_start=1691
+  _globals['_TASKASSIGNMENT']._serialized_end=2088
+  _globals['_CANCELTASK']._serialized_start=2090
+  _globals['_CANCELTASK']._serialized_end=2135
+  _globals['_RESULTRECEIPT']._serialized_start=2137
+  _globals['_RESULTRECEIPT']._serialized_end=2185
+  _globals['_NODELINK']._serialized_start=2187
+  _globals['_NODELINK']._serialized_end=2285
 # @@protoc_insertion_point(module_scope)

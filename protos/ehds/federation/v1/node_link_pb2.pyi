@@ -148,21 +148,27 @@ class Heartbeat(_message.Message):
 
     SEQ_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_TASK_IDS_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Starts at 0 on each stream and grows by one per Heartbeat: a gap shows lost messages."""
     @_builtins.property
     def in_flight_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tasks acked and not yet ended (no TaskOutcome sent, no ResultReceipt received)."""
 
+    @_builtins.property
+    def audit_head(self) -> _common_pb2.AuditRef:
+        """Protocol 1.3: the head of the node's audit chain; the coordinator records it (anchor)."""
+
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         in_flight_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        audit_head: _common_pb2.AuditRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight_task_ids", b"in_flight_task_ids", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "in_flight_task_ids", b"in_flight_task_ids", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,18 +236,24 @@ class ResultChunk(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     @_builtins.property
     def chunk(self) -> _common_pb2.PayloadChunk: ...
+    @_builtins.property
+    def audit_head(self) -> _common_pb2.AuditRef:
+        """Protocol 1.3: the node's audit chain head after it recorded the release of this result."""
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         chunk: _common_pb2.PayloadChunk | None = ...,
+        audit_head: _common_pb2.AuditRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "chunk", b"chunk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "chunk", b"chunk", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,6 +270,7 @@ class TaskOutcome(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     error_code: _common_pb2.ErrorCode.ValueType
     message: _builtins.str
@@ -265,16 +278,21 @@ class TaskOutcome(_message.Message):
     not allowed by site policy"), at most 256 characters (ehds.federation.limits), never text
     built from data or exception messages.
     """
+    @_builtins.property
+    def audit_head(self) -> _common_pb2.AuditRef:
+        """Protocol 1.3: the node's audit chain head after it recorded this outcome."""
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         error_code: _common_pb2.ErrorCode.ValueType = ...,
         message: _builtins.str = ...,
+        audit_head: _common_pb2.AuditRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "message", b"message", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "error_code", b"error_code", "message", b"message", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,9 +312,14 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     COORDINATOR_SOFTWARE_FIELD_NUMBER: _builtins.int
     COORDINATOR_TIME_FIELD_NUMBER: _builtins.int
+    COORDINATOR_CERTIFICATE_FIELD_NUMBER: _builtins.int
     node_name: _builtins.str
     """The node's name as the coordinator knows it, taken from the node's client certificate; the
     node logs it to detect a certificate issued under the wrong name.
+    """
+    coordinator_certificate: _builtins.bytes
+    """Protocol 1.3: PEM of the coordinator's certificate, whose key signs every TaskAssignment.
+    The node checks it was issued by the federation CA to a coordinator before trusting it.
     """
     @_builtins.property
     def protocol_version(self) -> _common_pb2.ProtocolVersion:
@@ -327,10 +350,11 @@ class Welcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         coordinator_software: _common_pb2.SoftwareInfo | None = ...,
         coordinator_time: _timestamp_pb2.Timestamp | None = ...,
+        coordinator_certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "coordinator_time", b"coordinator_time", "heartbeat_interval", b"heartbeat_interval", "protocol_version", b"protocol_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_software", b"coordinator_software", "coordinator_time", b"coordinator_time", "heartbeat_interval", b"heartbeat_interval", "node_name", b"node_name", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_certificate", b"coordinator_certificate", "coordinator_software", b"coordinator_software", "coordinator_time", b"coordinator_time", "heartbeat_interval", b"heartbeat_interval", "node_name", b"node_name", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,6 +374,11 @@ class TaskAssignment(_message.Message):
     MIN_CELL_COUNT_FIELD_NUMBER: _builtins.int
     DATA_PERMIT_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    PERMIT_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    COORDINATOR_AUDIT_REF_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Unique per (study, node); the key of every later message about this task."""
     study_id: _builtins.str
@@ -373,6 +402,18 @@ class TaskAssignment(_message.Message):
     researcher, so that one researcher cannot learn about a few persons by subtracting two of
     their results. Empty from a 1.1 coordinator (the node then keys on the permit alone).
     """
+    permit: _builtins.bytes
+    """Protocol 1.3: the data permit document the study cites, exactly as its HDAB signed it; the
+    node checks it against the HDAB keys pinned in its own policy.
+    """
+    nonce: _builtins.str
+    """Protocol 1.3: random, fixed per task (re-sends are byte-identical); a task id seen with
+    another nonce is a replay.
+    """
+    signature: _builtins.str
+    """Protocol 1.3: base64 ECDSA-SHA256 signature, by the key of Welcome.coordinator_certificate,
+    of the RFC 8785 canonical JSON of every other field (ehds.federation.assignment_signing).
+    """
     @_builtins.property
     def analysis(self) -> _common_pb2.AnalysisRef: ...
     @_builtins.property
@@ -380,6 +421,14 @@ class TaskAssignment(_message.Message):
         """Absolute time (UTC) after which the node stops the task and reports
         ERROR_CODE_DEADLINE_EXCEEDED; absolute so that a re-sent assignment does not extend it.
         """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Protocol 1.3: the assignment is refused after this time (the study's deadline)."""
+
+    @_builtins.property
+    def coordinator_audit_ref(self) -> _common_pb2.AuditRef:
+        """Protocol 1.3: the coordinator's audit entry that created this task; the node records it."""
 
     def __init__(
         self,
@@ -392,10 +441,15 @@ class TaskAssignment(_message.Message):
         min_cell_count: _builtins.int = ...,
         data_permit_id: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        permit: _builtins.bytes = ...,
+        nonce: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        coordinator_audit_ref: _common_pb2.AuditRef | None = ...,
+        signature: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "deadline", b"deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "coordinator_audit_ref", b"coordinator_audit_ref", "deadline", b"deadline", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "data_permit_id", b"data_permit_id", "deadline", b"deadline", "min_cell_count", b"min_cell_count", "parameters", b"parameters", "requested_by", b"requested_by", "study_id", b"study_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "coordinator_audit_ref", b"coordinator_audit_ref", "data_permit_id", b"data_permit_id", "deadline", b"deadline", "expires_at", b"expires_at", "min_cell_count", b"min_cell_count", "nonce", b"nonce", "parameters", b"parameters", "permit", b"permit", "requested_by", b"requested_by", "signature", b"signature", "study_id", b"study_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,7 +82,9 @@ class _NodeTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeTas
     NODE_TASK_STATE_RUNNING: _NodeTaskState.ValueType  # 4
     """The node reported progress."""
     NODE_TASK_STATE_DONE: _NodeTaskState.ValueType  # 5
-    """The node's result is stored at the coordinator."""
+    """The node released its result and the coordinator holds it ("released"; the wire name stays
+    DONE for compatibility).
+    """
     NODE_TASK_STATE_REFUSED: _NodeTaskState.ValueType  # 6
     """The node declined to run it or to release its result: error_code is POLICY_REFUSED,
     PERMIT_REFUSED, DISCLOSURE_REFUSED, ANALYSIS_UNKNOWN or ANALYSIS_VERSION_UNSUPPORTED.
@@ -94,6 +96,8 @@ class _NodeTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeTas
     """The deadline passed without a result or outcome from the node."""
     NODE_TASK_STATE_CANCELLED: _NodeTaskState.ValueType  # 9
     """The study was cancelled before this node ended."""
+    NODE_TASK_STATE_AWAITING_RELEASE: _NodeTaskState.ValueType  # 10
+    """Protocol 1.3: computed, held at the node until its operator releases it (not final)."""
 
 class NodeTaskState(_NodeTaskState, metaclass=_NodeTaskStateEnumTypeWrapper):
     """The study's task at one node, as the coordinator knows it."""
@@ -108,7 +112,9 @@ NODE_TASK_STATE_RECEIVED: NodeTaskState.ValueType  # 3
 NODE_TASK_STATE_RUNNING: NodeTaskState.ValueType  # 4
 """The node reported progress."""
 NODE_TASK_STATE_DONE: NodeTaskState.ValueType  # 5
-"""The node's result is stored at the coordinator."""
+"""The node released its result and the coordinator holds it ("released"; the wire name stays
+DONE for compatibility).
+"""
 NODE_TASK_STATE_REFUSED: NodeTaskState.ValueType  # 6
 """The node declined to run it or to release its result: error_code is POLICY_REFUSED,
 PERMIT_REFUSED, DISCLOSURE_REFUSED, ANALYSIS_UNKNOWN or ANALYSIS_VERSION_UNSUPPORTED.
@@ -120,6 +126,8 @@ NODE_TASK_STATE_TIMED_OUT: NodeTaskState.ValueType  # 8
 """The deadline passed without a result or outcome from the node."""
 NODE_TASK_STATE_CANCELLED: NodeTaskState.ValueType  # 9
 """The study was cancelled before this node ended."""
+NODE_TASK_STATE_AWAITING_RELEASE: NodeTaskState.ValueType  # 10
+"""Protocol 1.3: computed, held at the node until its operator releases it (not final)."""
 Global___NodeTaskState: _TypeAlias = NodeTaskState  # noqa: Y015
 
 @_typing.final
