@@ -28,7 +28,6 @@ import grpc.aio
 from ehds.analyses.base import canonical_json
 from ehds.coordinator.config import (
     CoordinatorConfig,
-    HdabKeyConfig,
     PermitsConfig,
     RevocationConfig,
     StateConfig,
@@ -67,7 +66,7 @@ from ehds.federation.v1 import (
     study_api_pb2,
     study_api_pb2_grpc,
 )
-from ehds.permits import Permit, create_hdab_key, issue_permit
+from ehds.permits import HdabKeyConfig, Permit, create_hdab_key, issue_permit
 from ehds.pki.authority import init_authority
 from ehds.pki.identity import Role
 from ehds.pki.issue import issue_certificate

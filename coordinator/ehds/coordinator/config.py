@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from ehds.coordinator.service.oidc import OidcConfig
 from ehds.core.config import ConfigModel, ConfigPath, load_config
 from ehds.core.netconfig import Keepalive, Listen, TlsFiles
+from ehds.permits import HdabKeyConfig
 
 
 class StateConfig(ConfigModel):
@@ -34,14 +35,6 @@ class StudyDefaults(ConfigModel):
     # The coordinator can only make disclosure stricter than a node's policy (see
     # TaskAssignment.min_cell_count); nodes apply the larger of the two.
     min_cell_count: int = Field(default=10, ge=1)
-
-
-class HdabKeyConfig(ConfigModel):
-    """A health data access body the coordinator trusts: its name (a permit's ``issuer``) and
-    its public key (``NAME.pub.pem`` from `ehds pki hdab-key`)."""
-
-    name: str
-    public_key: ConfigPath
 
 
 class PermitsConfig(ConfigModel):

@@ -73,7 +73,7 @@ from ehds.federation.v1 import (
     permit_api_pb2_grpc,
     study_api_pb2_grpc,
 )
-from ehds.permits import HdabKey, load_hdab_key
+from ehds.permits import HdabKey, load_trusted_keys
 from ehds.pki.errors import CertificateError
 from ehds.pki.identity import Identity, Role
 
@@ -354,7 +354,7 @@ def _public_numbers(certificate_pem: bytes) -> ec.EllipticCurvePublicNumbers | N
 
 
 def _trusted_hdabs(config: CoordinatorConfig) -> tuple[HdabKey, ...]:
-    keys = tuple(load_hdab_key(entry.name, entry.public_key) for entry in config.permits.hdab_keys)
+    keys = load_trusted_keys(config.permits.hdab_keys)
     if not keys:
         log.warning(
             "permits.hdab_keys is empty: no data permit can be registered, so no study can "
