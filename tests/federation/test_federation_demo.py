@@ -66,6 +66,15 @@ def test_demo_runs_a_three_country_federation_and_stops_every_process(tmp_path: 
     for place in ("node-dk", "node-fi", "node-fr", "pooled"):
         assert re.search(rf"^{place}\s+cohort_name", out, re.MULTILINE), (place, out)
     assert "incidence_1000_pys" in out
+    # The two analyses of several rounds: a pooled logistic regression with the heterogeneity
+    # between nodes beside it, and Kaplan-Meier curves on a grid every node agreed to.
+    assert "hypertension within 5 years (logistic regression)" in out, out
+    assert re.search(
+        r"^systolic_bp\s+[0-9.]+\s+[0-9.]+-[0-9.]+\s+\S+\s+tau2 [0-9.]+, I2", out, re.M
+    )
+    assert re.search(r"pooled fit: n = [0-9,]+, [0-9]+ rounds, converged: True", out), out
+    assert re.search(r"grid agreed by every node: [0-9]+ intervals", out), out
+    assert re.search(r"log-rank test by sex: chi2 [0-9.]+, df 1", out), out
     assert re.search(r"^pooled\s+cohort_name.*number subjects\s+count\s+[0-9,]+", out, re.M), out
     # Governance: a permit signed by the HDAB, registered; node-fi held its incidence result
     # until its operator released it; every process's audit chain verifies against the others.

@@ -107,7 +107,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
             context = MigrationContext.configure(conn)
             assert compare_metadata(context, metadata) == []
             head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-            assert context.get_current_revision() == head == "0003"
+            assert context.get_current_revision() == head == "0004"
     finally:
         engine.dispose()
 

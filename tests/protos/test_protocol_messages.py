@@ -123,6 +123,7 @@ def _study() -> study_api_pb2.Study:
         submitted_by="CN=researcher@example.org",
         created_at=LAST_SEEN,
         updated_at=DEADLINE,
+        round=2,
     )
 
 

@@ -61,6 +61,7 @@ STUDY = model.Study(
     submitted_by="alice",
     created_at=NOW - timedelta(minutes=5),
     updated_at=NOW,
+    round=1,
 )
 NODE_INFO = model.NodeInfo(
     name="hospital-a",

@@ -79,6 +79,29 @@ class ReleaseGuard(Protocol):
         recognised."""
 
 
+class Workspace(Protocol):
+    """A study-scoped place in the node's results database (never the CDM), for analyses of
+    several rounds that would otherwise rebuild the same table every round (a GLM's design
+    matrix). The node records every name it hands out and drops the tables once the study has
+    been idle for its workspace time-to-live, so nothing row-level lingers."""
+
+    def table_name(self, purpose: str) -> str:
+        """The name of this study's table for ``purpose`` (``[a-z0-9_]``), recorded and
+        marked used now; the analysis creates the table if it does not exist."""
+
+
+class PrivacyAccountant(Protocol):
+    """The node's privacy budget ledger, per permit and per researcher (zCDP, rho adds up).
+
+    An analysis calls :meth:`charge` once per task, before it draws any noise, with the total
+    rho of everything it will release; a charge that would exceed the permit's or the
+    researcher's budget raises `DisclosureRefusedError` (rule ``privacy.budget.permit`` or
+    ``privacy.budget.researcher``) and records nothing. A repeated charge for the same task
+    (a re-run after a restart) is not charged twice."""
+
+    def charge(self, *, rho: float, epsilon: float, delta: float) -> None: ...
+
+
 @dataclass
 class ComputeContext:
     """What the node hands to :meth:`Analysis.compute`.
@@ -96,6 +119,9 @@ class ComputeContext:
     report: Callable[[TaskStage, float], None] = field(default=lambda stage, fraction: None)
     engine: IbisCdm | None = None
     release_guard: ReleaseGuard | None = None
+    workspace: Workspace | None = None
+    privacy: PrivacyAccountant | None = None
+    study_id: str = ""
 
     def require_engine(self) -> IbisCdm:
         if self.engine is None:
@@ -108,6 +134,20 @@ class ComputeContext:
             self.release_guard.check_population(
                 self.require_engine(), persons, fingerprint=fingerprint
             )
+
+    def require_workspace(self) -> Workspace:
+        if self.workspace is None:
+            raise RuntimeError(
+                "this analysis needs the node's workspace (ComputeContext.workspace)"
+            )
+        return self.workspace
+
+    def require_privacy(self) -> PrivacyAccountant:
+        if self.privacy is None:
+            raise RuntimeError(
+                "differential privacy needs the node's ledger (ComputeContext.privacy)"
+            )
+        return self.privacy
 
     def check_cancelled(self) -> None:
         """Call between steps of a long computation: raises once the task is cancelled."""

@@ -26,6 +26,14 @@ Coordinator side (:meth:`PersonCount.aggregate`): a pooled cell is the sum of th
 counts. Where a node suppressed the cell, its persons are missing from the sum, so the cell is
 flagged ``complete: false`` with the nodes in ``suppressed_at``; only complete cells are equal
 to a ``GROUP BY`` over the pooled rows.
+
+Differential privacy (parameter ``privacy``, see `ehds.analyses.privacy`): each person is in
+exactly one sex x age band cell, so adding or removing a person changes the vector of cell
+counts by 1 in one place (L2 sensitivity 1), and the whole ``rho`` goes to that one vector.
+The node adds OpenDP's discrete Gaussian to every cell (zeros included), clamps at 0, and
+applies the threshold to the noisy count. Its result carries a ``privacy`` block; pooled cells
+are sums of noisy counts, flagged ``noisy: true``, and the pooled result reports each node's
+``epsilon``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,16 @@ from ehds.analyses.base import (
     canonical_json,
 )
 from ehds.analyses.engine import IbisCdm
+from ehds.analyses.privacy import (
+    CountVector,
+    PrivacyRequest,
+    ReleasedPrivacy,
+    encode_without_unset_privacy,
+    node_privacy_summary,
+    privacy_mismatch,
+    release,
+    thresholded,
+)
 from ehds.core.errors import InputError
 from ehds.federation.model import TaskStage
 
@@ -65,6 +83,7 @@ class PersonCountParameters(AnalysisParameters):
         default_factory=lambda: [0, 18, 45, 65], min_length=1, max_length=MAX_EDGES
     )
     reference_year: int = Field(default=2025, ge=1800, le=2200)
+    privacy: PrivacyRequest | None = None
 
     @field_validator("age_band_edges")
     @classmethod
@@ -94,6 +113,7 @@ class _ReleasedTable(BaseModel):
 
     cells: list[_ReleasedCell]
     min_cell_count: int = Field(ge=1)
+    privacy: ReleasedPrivacy | None = None
 
 
 def _sex_index(gender_concept_id: ir.IntegerValue) -> ir.IntegerValue:
@@ -129,6 +149,9 @@ def count_expression(engine: IbisCdm, params: PersonCountParameters) -> ir.Table
     return categorised.group_by(["sex", "band"]).aggregate(persons=categorised.count())
 
 
+COUNTS_VECTOR: Final = "counts"
+
+
 def _grid(params: PersonCountParameters) -> list[tuple[str, str]]:
     return [(sex, band) for sex in SEXES for band in params.band_labels()]
 
@@ -156,19 +179,28 @@ class PersonCount(Analysis[PersonCountParameters]):
             for row in grouped
         }
         threshold = ctx.min_cell_count
-        cells: list[JsonObject] = []
-        for sex, band in _grid(params):
-            count = counts.get((sex, band), 0)
-            suppressed = 0 < count < threshold
-            cells.append(
-                {
-                    "sex": sex,
-                    "age_band": band,
-                    "count": None if suppressed else count,
-                    "suppressed": suppressed,
-                }
+        grid = _grid(params)
+        exact = [counts.get(key, 0) for key in grid]
+        if params.privacy is None:
+            released: list[int | None] = [None if 0 < c < threshold else c for c in exact]
+            privacy: JsonObject | None = None
+        else:
+            # One vector, every person in exactly one cell: L2 sensitivity 1, whole rho.
+            noisy = release(
+                params.privacy,
+                ctx.require_privacy(),
+                [CountVector(COUNTS_VECTOR, exact, sensitivity=1.0, share=1.0)],
             )
-        return {"cells": cells, "min_cell_count": threshold}
+            released = [thresholded(v, threshold) for v in noisy.vectors[COUNTS_VECTOR].values]
+            privacy = noisy.as_json()
+        cells: list[JsonObject] = [
+            {"sex": sex, "age_band": band, "count": count, "suppressed": count is None}
+            for (sex, band), count in zip(grid, released, strict=True)
+        ]
+        result: JsonObject = {"cells": cells, "min_cell_count": threshold}
+        if privacy is not None:
+            result["privacy"] = privacy
+        return result
 
     def aggregate(
         self, params: PersonCountParameters, node_results: Mapping[str, JsonObject]
@@ -176,39 +208,60 @@ class PersonCount(Analysis[PersonCountParameters]):
         grid = _grid(params)
         totals = dict.fromkeys(grid, 0)
         suppressed_at: dict[tuple[str, str], list[str]] = {key: [] for key in grid}
+        privacy: dict[str, ReleasedPrivacy] = {}
         for node in sorted(node_results):
-            for cell in self._released_cells(node, node_results[node], grid):
-                key = (cell.sex, cell.age_band)
-                if cell.suppressed:
+            table = self._released_table(node, node_results[node], grid, params)
+            if table.privacy is not None:
+                privacy[node] = table.privacy
+            for released in table.cells:
+                key = (released.sex, released.age_band)
+                if released.suppressed:
                     suppressed_at[key].append(node)
                 else:
-                    totals[key] += cell.count or 0
-        cells = [
-            {
+                    totals[key] += released.count or 0
+        noisy = params.privacy is not None
+        cells: list[JsonObject] = []
+        for sex, band in grid:
+            cell: JsonObject = {
                 "sex": sex,
                 "age_band": band,
                 "count": totals[(sex, band)],
                 "complete": not suppressed_at[(sex, band)],
                 "suppressed_at": suppressed_at[(sex, band)],
             }
-            for sex, band in grid
-        ]
-        return {"cells": cells}
+            if noisy:
+                cell["noisy"] = True
+            cells.append(cell)
+        pooled: JsonObject = {"cells": cells}
+        if noisy:
+            pooled["privacy"] = node_privacy_summary(privacy)
+        return pooled
 
     def table(self, aggregate: JsonObject) -> tuple[list[str], list[list[Any]]]:
         rows: list[list[Any]] = []
         for cell in aggregate.get("cells", []):
-            flags = ""
+            flags = []
+            if cell.get("noisy"):
+                flags.append("noisy (differential privacy)")
             if not cell.get("complete", True):
                 nodes = ", ".join(cell.get("suppressed_at", []))
-                flags = f"incomplete: suppressed at {nodes}"
-            rows.append([cell["sex"], cell["age_band"], cell["count"], flags])
+                flags.append(f"incomplete: suppressed at {nodes}")
+            rows.append([cell["sex"], cell["age_band"], cell["count"], "; ".join(flags)])
         return ["sex", "age_band", "persons", "flags"], rows
 
-    def _released_cells(
-        self, node: str, result: JsonObject, grid: list[tuple[str, str]]
-    ) -> list[_ReleasedCell]:
-        """The node's cells, checked against the grid these parameters define.
+    def encode_parameters(self, params: PersonCountParameters) -> bytes:
+        """Without ``privacy`` when it is not requested: a study without differential privacy
+        travels as the same bytes as before the parameter existed."""
+        return encode_without_unset_privacy(params)
+
+    def _released_table(
+        self,
+        node: str,
+        result: JsonObject,
+        grid: list[tuple[str, str]],
+        params: PersonCountParameters,
+    ) -> _ReleasedTable:
+        """The node's table, checked against the grid and privacy request of these parameters.
 
         A result of another shape means the node runs different code under the same name and
         version: pooling it would silently mix incompatible tables, so it is an error.
@@ -234,4 +287,7 @@ class PersonCount(Analysis[PersonCountParameters]):
                     f"{self.ref()}: result of node {node!r} has a cell that breaks its own "
                     "disclosure rule (count, suppressed flag and min_cell_count disagree)"
                 )
-        return table.cells
+        problem = privacy_mismatch(table.privacy, params.privacy)
+        if problem is not None:
+            raise InvalidNodeResultError(f"{self.ref()}: result of node {node!r} {problem}")
+        return table

@@ -12,11 +12,13 @@ from typing import Any
 from ehds.analyses.base import Analysis
 from ehds.analyses.characterization import Characterization
 from ehds.analyses.counts import Counts
+from ehds.analyses.glm import Glm
 from ehds.analyses.incidence import Incidence
 from ehds.analyses.numeric_summary import NumericSummary
 from ehds.analyses.person_count import PersonCount
 from ehds.analyses.prevalence import Prevalence
-from ehds.analyses.testing import BlobAnalysis, SleepAnalysis
+from ehds.analyses.survival import KaplanMeier
+from ehds.analyses.testing import BlobAnalysis, RoundsAnalysis, SleepAnalysis
 from ehds.core.errors import InputError
 from ehds.federation.model import AnalysisRef
 
@@ -67,7 +69,10 @@ def default_registry() -> Registry:
             Incidence(),
             Prevalence(),
             NumericSummary(),
+            Glm(),
+            KaplanMeier(),
             SleepAnalysis(),
             BlobAnalysis(),
+            RoundsAnalysis(),
         ]
     )

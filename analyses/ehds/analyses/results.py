@@ -156,6 +156,9 @@ class SummarisedResult(BaseModel):
     min_cell_count: int = Field(ge=1)
     rows: list[Row]
     suppressed_cells: dict[str, int] | None = None
+    # How the values were made differentially private (`ehds.analyses.privacy`), if they were:
+    # a reader of noisy counts must be told so, next to the counts.
+    privacy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -165,6 +168,8 @@ class SummarisedResult(BaseModel):
         }
         if self.suppressed_cells is not None:
             data["suppressed_cells"] = dict(self.suppressed_cells)
+        if self.privacy is not None:
+            data["privacy"] = dict(self.privacy)
         return data
 
     def by_key(self) -> dict[RowKey, Row]:

@@ -1,10 +1,12 @@
-"""Analyses that exist only for fault tests: one that blocks, one that returns a large result.
+"""Analyses that exist only for tests: one that blocks, one that returns a large result, one
+that runs in rounds.
 
 They read no data and release nothing about any person, but they are still analyses like any
 other: a node runs them only when its ``policy.yaml`` lists them, and no example policy does.
 Only the test suites' own policies allow them, to kill a node in the middle of a task
-(`test.sleep`), to cancel a running task, or to send a result over gRPC's 4 MiB message limit
-(`test.blob`).
+(`test.sleep`), to cancel a running task, to send a result over gRPC's 4 MiB message limit
+(`test.blob`), or to drive an iteration through the coordinator without statistics in the way
+(`test.rounds`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 from pydantic import Field
 
 from ehds.analyses.base import Analysis, AnalysisParameters, ComputeContext, JsonObject
+from ehds.analyses.iteration import Finished, IterativeAnalysis, NextRound
 from ehds.federation.model import TaskStage
 
 CANCEL_POLL_SECONDS: Final = 0.05
@@ -100,3 +103,51 @@ class BlobAnalysis(Analysis[BlobParameters]):
     def table(self, aggregate: JsonObject) -> tuple[list[str], list[list[Any]]]:
         sizes = aggregate.get("sizes", {})
         return ["node", "size_bytes"], [[node, sizes[node]] for node in sorted(sizes)]
+
+
+MAX_TEST_ROUNDS: Final = 10
+
+
+class RoundsInput(AnalysisParameters):
+    """What the coordinator adds to the parameters of round >= 1."""
+
+    number: int = Field(ge=1)
+    total: int = 0
+
+
+class RoundsParameters(AnalysisParameters):
+    rounds: int = Field(ge=1, le=MAX_TEST_ROUNDS)
+    value: int
+    round: RoundsInput | None = None
+
+
+class RoundsAnalysis(IterativeAnalysis[RoundsParameters]):
+    """Runs ``rounds`` rounds. Each node releases ``value`` plus the pooled total of the round
+    before (0 in round 0); the coordinator sums them into the new total. With n nodes whose
+    values sum to S, the totals are S, (n + 1)S, ((n + 1)n + 1)S, ... : a node that got a
+    round's input wrong, or a round counted twice, changes the result."""
+
+    name = "test.rounds"
+    version = "1.0.0"
+    parameters = RoundsParameters
+    description = "Tests only: an iteration of a given number of rounds."
+
+    def compute(self, params: RoundsParameters, ctx: ComputeContext) -> JsonObject:
+        ctx.check_cancelled()
+        previous = params.round.total if params.round is not None else 0
+        return {"value": params.value + previous}
+
+    def advance(
+        self,
+        params: RoundsParameters,
+        round_number: int,
+        state: JsonObject | None,
+        node_results: Mapping[str, JsonObject],
+    ) -> NextRound | Finished:
+        total = sum(int(result["value"]) for result in node_results.values())
+        if round_number + 1 >= params.rounds:
+            return Finished({"total": total, "rounds": params.rounds})
+        return NextRound(round_input={"total": total}, state={"total": total})
+
+    def table(self, aggregate: JsonObject) -> tuple[list[str], list[list[Any]]]:
+        return ["total", "rounds"], [[aggregate.get("total"), aggregate.get("rounds")]]

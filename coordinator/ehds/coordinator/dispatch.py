@@ -265,6 +265,9 @@ class Dispatcher:
                 self._arm(study_id, deadline)
         for study_id in effects.aggregate:
             self._spawn(self._aggregate(study_id), f"aggregate-{study_id}")
+        for study_id in effects.rounds:
+            if not self._closing:
+                self._spawn(self._dispatch_round(study_id), f"round-{study_id}")
         self._notifier.notify(effects.changed_studies)
 
     def _for_node(self, node: str, message: TaskAssignment) -> TaskAssignment:
@@ -309,6 +312,12 @@ class Dispatcher:
 
     async def _aggregate(self, study_id: str) -> None:
         await self._db.write(lambda s: self.store.aggregate(s, _now(), study_id), self._apply)
+
+    async def _dispatch_round(self, study_id: str) -> None:
+        connected = self.streams.profiles()
+        await self._db.write(
+            lambda s: self.store.dispatch_round(s, _now(), study_id, connected), self._apply
+        )
 
     # ------------------------------------------------------------------ node streams
 

@@ -23,6 +23,10 @@ class Effects:
     changed_studies: set[str] = field(default_factory=set)
     # Studies that reached AGGREGATING: aggregate them in a separate transaction.
     aggregate: set[str] = field(default_factory=set)
+    # Iterative studies whose next round's tasks were created: dispatch them to the nodes
+    # connected now (a separate transaction: which nodes are connected is known on the event
+    # loop only; a node away then gets its task when it reconnects, as any task).
+    rounds: set[str] = field(default_factory=set)
     # Open studies and their deadlines, to (re-)arm a timer for.
     deadlines: dict[str, datetime] = field(default_factory=dict)
     # Studies that reached a final state (their timers are disarmed).
@@ -41,6 +45,7 @@ class Effects:
         self.messages.extend(other.messages)
         self.changed_studies |= other.changed_studies
         self.aggregate |= other.aggregate
+        self.rounds |= other.rounds
         self.deadlines.update(other.deadlines)
         self.ended_studies |= other.ended_studies
         self.dispatched.update(other.dispatched)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from ehds.analyses.base import Analysis, InvalidParametersError
+from ehds.analyses.iteration import ROUND_FIELD, is_iterative, submitted_round
 from ehds.analyses.registry import Registry
 from ehds.coordinator.config import StudyDefaults
 from ehds.coordinator.errors import InvalidStudyError, StudyPermitError
@@ -72,6 +73,11 @@ def validate_spec(
         raise InvalidStudyError(
             f"spec.parameters: {len(spec.parameters)} bytes, more than the "
             f"{limits.MAX_PARAMETERS_BYTES} allowed"
+        )
+    if is_iterative(analysis) and submitted_round(spec.parameters):
+        raise InvalidStudyError(
+            f"spec.parameters.{ROUND_FIELD}: set by the coordinator for each round of an "
+            "iterative analysis; remove it from the study's parameters"
         )
     try:
         # No parameters at all means the analysis' defaults (proto3 cannot tell unset bytes

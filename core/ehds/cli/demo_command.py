@@ -3,8 +3,10 @@
 A CA and certificates, a health data access body (HDAB) that signs a data permit, a coordinator
 and three country nodes (FR, FI, DK) as separate OS processes over mutual TLS, each node with
 its own synthetic OMOP CDM and a policy pinning the HDAB's key. The researcher registers the
-permit and submits three studies under it; node FI's policy holds incidence results for a
-human release, which its operator reviews and releases with `ehds node review`; the researcher
+permit and submits five studies under it (counts, a characterization, an incidence, a
+logistic regression and a Kaplan-Meier curve, the last two in several rounds); node FI's
+policy holds incidence results for a human release, which its operator reviews and releases
+with `ehds node review`; the researcher
 gets per-node and pooled results; finally every process's audit chain is exported and checked
 with `ehds audit verify` against the heads the other side recorded. Nothing is faked: the
 processes and commands are the ones operators run, reading the files the demo writes under
@@ -117,6 +119,8 @@ DEMO_ANALYSES = (
     ("counts", "1.0.0"),
     ("characterization", "1.0.0"),
     ("incidence", "1.0.0"),
+    ("glm", "1.0.0"),
+    ("kaplan_meier", "1.0.0"),
 )
 """What the demo nodes' policies allow, and the studies the demo researcher runs."""
 
@@ -138,8 +142,33 @@ DEMO_COHORT: dict[str, Any] = {
 cohort; the same definition as YAML is in the workdir's ``cohort-type2-diabetes.yaml``)."""
 
 
+def _condition_cohort(name: str, *concepts: int) -> dict[str, Any]:
+    """First occurrence ever of a condition concept set (with descendants)."""
+    return {
+        "name": name,
+        "yaml": {
+            "concept_sets": {
+                name: {"include": [{"concept": c, "descendants": True} for c in concepts]}
+            },
+            "entry": {"events": [{"condition": name}], "first_occurrence": True},
+            "exit": {"days_after_start": 0},
+        },
+    }
+
+
+HYPERTENSION = _condition_cohort("hypertension", 320128)
+FIRST_OUTPATIENT_VISIT = {
+    "name": "first outpatient visit",
+    "yaml": {
+        "concept_sets": {"outpatient": {"include": [{"concept": 9202}]}},
+        "entry": {"events": [{"visit": "outpatient"}], "first_occurrence": True},
+        "exit": {"days_after_start": 0},
+    },
+}
+
+
 def demo_studies() -> list[tuple[str, str, dict[str, Any]]]:
-    """(title, analysis, parameters) of the three studies the demo submits."""
+    """(title, analysis, parameters) of the studies the demo submits."""
     return [
         (
             "Type 2 diabetes: persons by sex and age band",
@@ -166,6 +195,37 @@ def demo_studies() -> list[tuple[str, str, dict[str, Any]]]:
                 "start": "2015-01-01",
                 "end": "2023-12-31",
                 "washout_days": 365,
+            },
+        ),
+        (
+            "From the first outpatient visit: hypertension within 5 years (logistic regression)",
+            "glm",
+            {
+                "family": "binomial",
+                "target": FIRST_OUTPATIENT_VISIT,
+                "outcome": {"cohort": HYPERTENSION, "start_day": 1, "end_day": 1825},
+                "covariates": [
+                    {"kind": "age", "name": "age_decades", "per_years": 10},
+                    {"kind": "sex", "name": "female"},
+                    {
+                        "kind": "measurement",
+                        "name": "systolic_bp",
+                        "concept_ids": [3004249],
+                        "start_day": -365,
+                        "end_day": 0,
+                    },
+                ],
+            },
+        ),
+        (
+            "From the first outpatient visit to hypertension, by sex (Kaplan-Meier)",
+            "kaplan_meier",
+            {
+                "target": FIRST_OUTPATIENT_VISIT,
+                "outcome": HYPERTENSION,
+                "strata": "sex",
+                "interval_days": 180,
+                "max_days": 1825,
             },
         ),
     ]
@@ -195,10 +255,56 @@ def _shown(analysis: str, row: Any) -> bool:
     return True
 
 
+def render_regression(pooled: dict[str, Any]) -> str:
+    """Odds ratios with Wald intervals (pooled exact fit), and the heterogeneity between nodes
+    (DerSimonian-Laird over the per-node fits)."""
+    lines = [
+        f"pooled fit: n = {pooled['n']:,}, {pooled['rounds']} rounds, converged: "
+        f"{pooled['converged']}, deviance {pooled['deviance']:,.2f}",
+        f"{'term':<14}{'odds ratio':>11}{'95% CI':>20}{'p':>10}   between nodes",
+    ]
+    meta = {m["name"]: m for m in pooled["meta_analysis"]}
+    for c in pooled["coefficients"]:
+        m = meta.get(c["name"], {})
+        spread = f"tau2 {m['tau2']:.4f}, I2 {m['i2']:.0%} (k={m['k']})" if "tau2" in m else "-"
+        interval = f"{c['exp_ci_lower']:.3f}-{c['exp_ci_upper']:.3f}"
+        lines.append(
+            f"{c['name']:<14}{c['exp_estimate']:>11.3f}{interval:>20}{c['p']:>10.2g}   {spread}"
+        )
+    return "\n".join(lines)
+
+
+def render_survival(pooled: dict[str, Any]) -> str:
+    """The pooled curves on the agreed grid (every other cut), and the log-rank test."""
+    place = pooled["places"]["pooled"]
+    curves = {"overall": place["overall"], **place.get("strata", {})}
+    lines = [
+        f"grid agreed by every node: {len(pooled['cuts'])} intervals up to day {pooled['cuts'][-1]}"
+    ]
+    lines.append(f"{'day':>6}" + "".join(f"{name:>24}" for name in curves))
+    step = 1 if len(pooled["cuts"]) <= 8 else 2
+    for k in range(step - 1, len(pooled["cuts"]), step):
+        cells = "".join(
+            f"{c['survival'][k]:.3f} ({c['ci_lower'][k]:.3f}-{c['ci_upper'][k]:.3f})".rjust(24)
+            for c in curves.values()
+        )
+        lines.append(f"{pooled['cuts'][k]:>6}{cells}")
+    test = place.get("log_rank")
+    if test:
+        lines.append(
+            f"log-rank test by sex: chi2 {test['chi2']:.2f}, df {test['df']}, p {test['p']:.3g}"
+        )
+    return "\n".join(lines)
+
+
 def render_summarised(analysis: str, document: dict[str, Any]) -> str:
     """The demo's excerpt of a summarised result: what a researcher looks at first."""
     from ehds.analyses import results
 
+    if analysis == "glm":
+        return render_regression(document["pooled"])
+    if analysis == "kaplan_meier":
+        return render_survival(document["pooled"])
     rows = [row for row in results.document_rows(document) if _shown(analysis, row)]
     pooled = document.get("pooled") or {}
     return results.render(rows, pooled.get("suppressed_cells"))

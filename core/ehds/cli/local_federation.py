@@ -39,6 +39,9 @@ COUNTRY_OFFSETS = {"fr": 0, "fi": 500_000_000, "dk": 1_000_000_000}
 """Person-id offsets that keep the country CDMs disjoint, as real partners' ids would be."""
 
 ENGINES = ("duckdb", "postgresql", "spark")
+
+DEMO_PRIVACY_BUDGET = 2.0
+"""zCDP budget (rho) per permit at each demo node; each researcher may spend half of it."""
 """What a node of a local federation can run on (`prepare`'s ``engines``)."""
 
 SPARK_MASTER = "local[1]"
@@ -276,6 +279,7 @@ def prepare(
     cdm_profile: str | None = None,
     manual_release: Mapping[str, Sequence[str]] | None = None,
     permit_nodes: Sequence[str] = (),
+    policy_extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> LocalFederation:
     """Create CA, certificates, country CDMs and configuration files under ``root`` (emptied).
 
@@ -393,6 +397,14 @@ def prepare(
                     {"name": n, "version": v, "release": "manual" if n in manual else "auto"}
                     for n, v in allowed
                 ],
+                "privacy": {
+                    "required_for": [],
+                    "budget": {
+                        "permit_rho": DEMO_PRIVACY_BUDGET,
+                        "researcher_rho": DEMO_PRIVACY_BUDGET / 2,
+                    },
+                },
+                **(policy_extra or {}).get(name, {}),
             },
         )
         engine = engines.get(name, "duckdb")

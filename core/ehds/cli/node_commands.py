@@ -1,5 +1,5 @@
-"""`ehds node serve|check|policy|review`: run a node agent, check its configuration, explain
-its policy, and review the results it holds for release."""
+"""`ehds node serve|check|policy|review|privacy`: run a node agent, check its configuration,
+explain its policy, review the results it holds for release, and show its privacy budget."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     _register_policy(commands)
     _register_review(commands)
+    _register_privacy(commands)
 
 
 def _register_policy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,6 +107,38 @@ def _register_review(commands: argparse._SubParsersAction[argparse.ArgumentParse
     show.set_defaults(handler=_review_show)
     release.set_defaults(handler=_review_decide, decision="release")
     reject.set_defaults(handler=_review_decide, decision="reject")
+
+
+def _register_privacy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    privacy = commands.add_parser(
+        "privacy", help="the differential-privacy budget: ledger of charges, remaining budgets"
+    )
+    actions = privacy.add_subparsers(dest="privacy_command", required=True, metavar="COMMAND")
+    ledger = actions.add_parser(
+        "ledger",
+        help="every charge, and the budget spent and left per data permit and researcher",
+        description="Reads the node's state database (beside a running node). Remaining "
+        "budgets are computed against privacy.budget of the policy file as it is now.",
+    )
+    ledger.add_argument("--config", type=Path, required=True, help="node.yaml")
+    ledger.add_argument("--permit", metavar="ID", help="only this data permit's charges")
+    ledger.add_argument("--json", action="store_true", help="machine-readable output")
+    ledger.set_defaults(handler=_privacy_ledger)
+
+
+def _privacy_ledger(args: argparse.Namespace) -> int:
+    from ehds.node.config import load_node_config
+    from ehds.node.policy import load_policy
+    from ehds.node.privacy_report import read_ledger, render, to_json
+
+    config = load_node_config(args.config)
+    budget = load_policy(config.policy).privacy.budget
+    report = read_ledger(config.state, budget, args.permit)
+    if args.json:
+        print(json.dumps(to_json(report), indent=2))
+    else:
+        print(render(report), end="")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

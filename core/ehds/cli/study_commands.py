@@ -212,10 +212,13 @@ def _node_progress(study: Study) -> str:
 
 
 def progress_text(study: Study) -> str:
-    """State, nodes done out of total, and each node's state."""
+    """State, the round of an iterative analysis (from round 1), nodes done out of total (of
+    that round), and each node's state."""
     ended = sum(1 for node in study.nodes if node.state.is_final)
+    round_text = f"round {study.round} " if study.round else ""
     return (
-        f"{study.state.name:<11} nodes done {ended}/{len(study.nodes)}  {_node_progress(study)}"
+        f"{study.state.name:<11} {round_text}nodes done {ended}/{len(study.nodes)}  "
+        f"{_node_progress(study)}"
     ).rstrip()
 
 
@@ -238,6 +241,8 @@ def render_status(study: Study) -> str:
     ]
     if spec.data_permit_id:
         lines.append(f"  data permit   {spec.data_permit_id}")
+    if study.round:
+        lines.append(f"  round         {study.round} (the nodes below are this round's tasks)")
     if study.state_reason:
         lines.append(f"  reason        {study.state_reason}")
     rows = [

@@ -25,7 +25,8 @@ the node's audit chain (through `NodeState`) and puts its head on every Heartbea
 and ResultChunk. A result held for an operator (``release: manual``) is announced with
 TaskProgress(AWAITING_RELEASE), on every reconnect too, and stays in flight; the agent polls the
 decisions `ehds node review` records, applies and audits them, then sends the result or
-RELEASE_REJECTED. With ``retention_days`` in the policy, ended tasks are swept periodically.
+RELEASE_REJECTED. With ``retention_days`` in the policy, ended tasks are swept periodically;
+study workspace tables unused for ``workspace_ttl_hours`` are dropped (`ehds.node.workspaces`).
 If the deadline passes while a result is held, the coordinator times the task out; the node
 keeps the result held (an operator may still reject it, or release it: the coordinator then
 ignores or stores it as it sees fit).
@@ -89,7 +90,13 @@ from ehds.node.runner import TaskRunner
 from ehds.node.state import Admission, AppliedDecision, NodeState, StoredTask
 from ehds.node.state_schema import Decision, TaskStatus
 from ehds.node.task_engines import node_engines
-from ehds.node.upkeep import RETENTION_SWEEP_S, apply_decisions, sweep_retention
+from ehds.node.upkeep import (
+    RETENTION_SWEEP_S,
+    WORKSPACE_SWEEP_S,
+    apply_decisions,
+    sweep_retention,
+    sweep_workspaces,
+)
 from ehds.omop.database import CdmDatabase
 from ehds.omop.schema.layout import SchemaNames
 
@@ -173,6 +180,7 @@ class NodeAgent:
         rng: random.Random | None = None,
         shutdown_grace_seconds: float = 10.0,
         retention_sweep_seconds: float = RETENTION_SWEEP_S,
+        workspace_sweep_seconds: float = WORKSPACE_SWEEP_S,
     ) -> None:
         self.config = config
         self.metrics = metrics or NodeMetrics()
@@ -184,6 +192,7 @@ class NodeAgent:
         # The key that signs this stream's assignments (from its Welcome); None: refuse all.
         self._signer: AssignmentSigner | None = None
         self._retention_sweep = retention_sweep_seconds
+        self._workspace_sweep = workspace_sweep_seconds
         self._registry = registry or default_registry()
         self._cdm = open_cdm(config)
         self._cdm_versions = CdmVersions(self._cdm)
@@ -193,10 +202,11 @@ class NodeAgent:
         )
         self._backoff = Backoff(config.reconnect.initial_seconds, config.reconnect.max_seconds, rng)
         self._shutdown_grace = shutdown_grace_seconds
+        self._engines = node_engines(config)
         self._runner = TaskRunner(
             state=state,
             cdm=self._cdm if isinstance(self._cdm, CdmDatabase) else None,
-            engines=node_engines(config),
+            engines=self._engines,
             registry=self._registry,
             policy=lambda: self._policy,
             node_name=self.node_name,
@@ -297,6 +307,14 @@ class NodeAgent:
             self._spawn(
                 sweep_retention(
                     self._state, lambda: self._policy.policy.retention_days, self._retention_sweep
+                )
+            )
+            self._spawn(
+                sweep_workspaces(
+                    self._state,
+                    self._engines.task_engine,
+                    lambda: self._policy.policy.workspace_ttl_hours,
+                    self._workspace_sweep,
                 )
             )
             await self._connect_loop()

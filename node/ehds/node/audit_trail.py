@@ -22,6 +22,10 @@ Actions (docs/audit.md lists them for both ends):
     result.sent                      handed to the stream to the coordinator
     result.receipted                 the coordinator's receipt
     retention.deleted                an ended task and its result deleted
+    privacy.charged                  a task spent differential-privacy budget (rho)
+    privacy.refused                  a charge refused (budget unset or exhausted: its rule)
+    workspace.created                a study's workspace table name handed out
+    workspace.dropped                an idle workspace table dropped
 
 Entries hold identifiers, codes, versions and digests only, never parameters or results.
 """
@@ -223,5 +227,68 @@ def retention_deleted(
             "status": status,
             "ended_at": "" if ended_at is None else ended_at.isoformat(),
             "retention_days": days,
+        },
+    )
+
+
+def privacy_charged(
+    task_id: str,
+    *,
+    permit: str,
+    researcher: str,
+    study: str,
+    analysis: str,
+    rho: float,
+    epsilon: float,
+    delta: float,
+) -> AuditNote:
+    return AuditNote(
+        "privacy.charged",
+        task_subject(task_id),
+        detail={
+            "permit": bounded(permit),
+            "researcher": bounded(researcher),
+            "study": bounded(study),
+            "analysis": bounded(analysis),
+            "rho": rho,
+            "epsilon": epsilon,
+            "delta": delta,
+        },
+    )
+
+
+def privacy_refused(
+    task_id: str, *, rule: str, permit: str, researcher: str, rho: float
+) -> AuditNote:
+    return AuditNote(
+        "privacy.refused",
+        task_subject(task_id),
+        detail={
+            "rule": rule,
+            "permit": bounded(permit),
+            "researcher": bounded(researcher),
+            "rho": rho,
+        },
+    )
+
+
+def workspace_created(name: str, *, study: str, purpose: str) -> AuditNote:
+    return AuditNote(
+        "workspace.created",
+        f"workspace {name}",
+        detail={"study": bounded(study), "purpose": purpose},
+    )
+
+
+def workspace_dropped(
+    name: str, *, study: str, last_used_at: datetime, ttl_hours: float
+) -> AuditNote:
+    return AuditNote(
+        "workspace.dropped",
+        f"workspace {name}",
+        detail={
+            "study": bounded(study),
+            "last_used_at": last_used_at.isoformat(),
+            "ttl_hours": ttl_hours,
         },
     )

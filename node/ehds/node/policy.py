@@ -13,6 +13,10 @@ that allows nothing, runs nothing.
     analyses          name, exact version and release mode (manual: a person releases each
                       result; auto: results leave when computed)
     retention_days    ended tasks and their results are deleted after this many days
+    privacy           differential privacy: the analyses that must add noise (required_for)
+                      and the zCDP budget (rho) per data permit and per researcher under it
+    workspace_ttl_hours  a study's workspace tables (multi-round analyses) are dropped after
+                      this many hours unused
 
 `load_policy` checks the document's shape only (paths are resolved, not read), so that an
 example can be validated without its key files; `load_site_policy` also reads the pinned keys
@@ -67,6 +71,41 @@ class AllowedAnalysis(ConfigModel):
         return AnalysisRef(self.name, self.version)
 
 
+class PrivacyBudget(ConfigModel):
+    """The zCDP budget (rho adds up over releases) this node grants.
+
+    ``permit_rho`` is shared by every researcher of one data permit; ``researcher_rho`` caps
+    each of them under that permit, so that one researcher cannot spend a whole project's
+    budget alone. A charge that would exceed either is refused (`ehds.node.privacy_ledger`)."""
+
+    permit_rho: float = Field(gt=0, allow_inf_nan=False)
+    researcher_rho: float = Field(gt=0, allow_inf_nan=False)
+
+
+class PrivacyPolicy(ConfigModel):
+    """Differential privacy at this site.
+
+    ``required_for``: analyses (by name, any version) that run here only with a ``privacy``
+    parameter (noise added before release); others without one are refused with rule
+    ``privacy.required``. ``budget``: none means the node grants no budget, so every
+    differentially private release is refused (``privacy.budget.unset``): fail closed."""
+
+    required_for: tuple[str, ...] = ()
+    budget: PrivacyBudget | None = None
+
+    @field_validator("required_for")
+    @classmethod
+    def _unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(values)) != len(values):
+            raise ValueError("an analysis is listed twice")
+        if any(not value for value in values):
+            raise ValueError("an analysis name is empty")
+        return values
+
+    def requires(self, analysis: str) -> bool:
+        return analysis in self.required_for
+
+
 class Policy(ConfigModel):
     version: str = Field(min_length=1, description="the policy document's own version")
     # Smallest count released in any cell; the coordinator can only raise it per study.
@@ -79,6 +118,9 @@ class Policy(ConfigModel):
     analyses: tuple[AllowedAnalysis, ...] = ()
     # None: keep ended tasks and results; N: delete them N days after they ended.
     retention_days: int | None = Field(default=None, ge=1)
+    privacy: PrivacyPolicy = PrivacyPolicy()
+    # Hours a study's workspace tables (row-level, in the results place) may stay unused.
+    workspace_ttl_hours: float = Field(default=48.0, gt=0, allow_inf_nan=False)
 
     @field_validator("researchers")
     @classmethod

@@ -2,7 +2,8 @@
 
 For a data protection officer or an operator: the pinned HDAB keys (with key ids, to compare
 with what the HDAB publishes), the analyses with their versions and release modes, the
-researchers, the threshold and the retention; and, for a hypothetical task (analysis,
+researchers, the threshold, the retention, differential privacy (which analyses need it, the
+budget) and the workspace time-to-live; and, for a hypothetical task (analysis,
 researcher, permit file), each rule's answer and the verdict. The rules are the runner's own
 (`ehds.node.admission`: `admit` chains the same three functions in the same order), so the
 verdict is what the node would do; a rule whose input is not given is reported as not checked.
@@ -20,7 +21,7 @@ from ehds.node.admission import (
     check_permit_rule,
     check_researcher_rule,
 )
-from ehds.node.policy import SitePolicy
+from ehds.node.policy import Policy, SitePolicy
 from ehds.permits import PermitFormatError, SignedPermit, format_time, parse_permit
 
 ALLOWED: Final = "allowed"
@@ -109,6 +110,12 @@ def explain(
         answers.append(RuleAnswer("analysis", NOT_CHECKED, note="no --analysis given"))
     else:
         note = "" if version is not None else "any version (no @VERSION given)"
+        if site.policy.privacy.requires(name):
+            note = ", ".join(
+                part
+                for part in (note, "runs only with differential privacy (parameter privacy)")
+                if part
+            )
         answer = _answer("analysis", check_analysis_rule(site, name, version))
         answers.append(RuleAnswer(answer.rule, answer.answer, answer.refusal, note))
     return Explanation(site, node, tuple(answers), signed)
@@ -142,6 +149,7 @@ def render(explanation: Explanation) -> str:
             lines.append(f"    {allowed.name} {allowed.version}  release {allowed.release.value}")
     else:
         lines.append("  analyses: none (this node runs nothing)")
+    lines.extend(_privacy_lines(policy))
     if explanation.answers:
         lines.append("")
         if explanation.permit is not None:
@@ -168,6 +176,24 @@ def render(explanation: Explanation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _privacy_lines(policy: Policy) -> list[str]:
+    privacy = policy.privacy
+    budget = privacy.budget
+    required = ", ".join(privacy.required_for) or "none"
+    return [
+        f"  differential privacy required for: {required}",
+        "  privacy budget (zCDP rho): "
+        + (
+            "none (every differentially private release is refused)"
+            if budget is None
+            else f"{budget.permit_rho:g} per data permit, {budget.researcher_rho:g} per "
+            "researcher under a permit (`ehds node privacy ledger` shows what is spent)"
+        ),
+        f"  workspaces: a study's working tables are dropped after "
+        f"{policy.workspace_ttl_hours:g} hour(s) unused",
+    ]
+
+
 def to_json(explanation: Explanation) -> dict[str, Any]:
     site = explanation.site
     policy = site.policy
@@ -185,6 +211,8 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
                 {"name": a.name, "version": a.version, "release": a.release.value}
                 for a in policy.analyses
             ],
+            "privacy": policy.privacy.model_dump(mode="json"),
+            "workspace_ttl_hours": policy.workspace_ttl_hours,
         },
     }
     if explanation.answers:

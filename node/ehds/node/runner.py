@@ -30,6 +30,12 @@ The engine: every task gets its own `IbisCdm` (`ehds.node.task_engines`), opened
 interrupted with the task's other queries on a cancel, its deadline or shutdown, and closed
 when the task ends. A `DisclosureRefusedError` ends the task with DISCLOSURE_REFUSED and a
 message naming the rule and its threshold (never the value that triggered it).
+
+Differential privacy and workspaces: an analysis the policy lists in ``privacy.required_for``
+runs only with a ``privacy`` parameter (else DISCLOSURE_REFUSED, rule ``privacy.required``,
+before any data is read); every task gets the node's budget ledger
+(`ehds.node.privacy_ledger`) and its study's workspace (`ehds.node.workspaces`) in its
+`ComputeContext`.
 """
 
 from __future__ import annotations
@@ -70,9 +76,11 @@ from ehds.node.cdm_access import QueryGuard, SharedCdm, TaskCdm, is_cdm_unavaila
 from ehds.node.errors import OUTCOME_MESSAGES, outcome, redacted_traceback
 from ehds.node.metrics import NodeMetrics
 from ehds.node.policy import ReleaseMode, SitePolicy
+from ehds.node.privacy_ledger import LedgerTask, TaskPrivacyLedger, privacy_required
 from ehds.node.release_guard import NodeReleaseGuard
 from ehds.node.state import NodeState, StoredTask
 from ehds.node.task_engines import TaskEngines
+from ehds.node.workspaces import StudyWorkspace
 from ehds.omop.database import CdmDatabase
 
 if TYPE_CHECKING:
@@ -415,6 +423,11 @@ class TaskRunner:
         engine: IbisCdm | None = None
         try:
             analysis, params, min_cell_count = self._validate(task, site)
+            if (
+                site.policy.privacy.requires(task.analysis.name)
+                and getattr(params, "privacy", None) is None
+            ):
+                raise privacy_required()
             engine = self._engine_for(handle)
             guard = _AccountedGuard(
                 NodeReleaseGuard(task.permit, task.requested_by, min_cell_count)
@@ -430,6 +443,20 @@ class TaskRunner:
                 report=lambda stage, fraction: self._progress(handle, stage, fraction),
                 engine=engine,
                 release_guard=guard,
+                workspace=StudyWorkspace(self._state, task.study_id, clock=self._clock),
+                privacy=TaskPrivacyLedger(
+                    self._state,
+                    LedgerTask(
+                        task_id=task.task_id,
+                        permit=task.permit,
+                        researcher=task.requested_by,
+                        study_id=task.study_id,
+                        analysis=str(task.analysis),
+                    ),
+                    lambda: self._policy().policy.privacy.budget,
+                    clock=self._clock,
+                ),
+                study_id=task.study_id,
             )
             released = analysis.compute(params, context)
             with handle.lock:

@@ -70,6 +70,7 @@ __all__ = [
     "Admission",
     "AdmittedAssignment",
     "AppliedDecision",
+    "AuditRecorder",
     "NodeState",
     "StoredResult",
     "StoredTask",
@@ -161,8 +162,9 @@ class AppliedDecision:
     task: StoredTask | None
 
 
-class _Recorder:
-    """Appends notes to the chain inside one transaction; remembers the last ref."""
+class AuditRecorder:
+    """Appends notes to the chain inside one transaction (``session``); remembers the last
+    ref."""
 
     def __init__(self, log: AuditLog, session: Session) -> None:
         self._log = log
@@ -250,17 +252,25 @@ class NodeState:
             yield session
 
     @contextmanager
-    def _audited(self) -> Iterator[_Recorder]:
+    def _audited(self) -> Iterator[AuditRecorder]:
         """A transaction that appends to the chain: one at a time, head updated on commit."""
         log = self._audit
         if log is None:
             raise NodeStateError("the node's audit chain is not attached to its state")
         with self._audit_lock:
             with self._transaction() as session:
-                recorder = _Recorder(log, session)
+                recorder = AuditRecorder(log, session)
                 yield recorder
             if recorder.head is not None:
                 self._head = recorder.head
+
+    @contextmanager
+    def audited(self) -> Iterator[AuditRecorder]:
+        """A transaction whose changes and audit entries commit together (or not at all), for
+        the node's other stores of governance state (`ehds.node.privacy_ledger`,
+        `ehds.node.workspaces`): leave the block normally to commit."""
+        with self._audited() as recorder:
+            yield recorder
 
     # ----------------------------------------------------------------------- audit chain
 

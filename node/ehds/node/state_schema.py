@@ -8,6 +8,10 @@ reconnects and restarts. Both promises need a durable record written before the 
 Governance (protocol 1.3): the node's audit chain (``audit_log``, `ehds.audit`), the
 assignments it has seen (replay protection, kept past retention until they expire), and the
 release decisions its operators record with `ehds node review` (the agent applies them).
+
+Federated analytics II: the differential-privacy budget spent, per task (``privacy_ledger``,
+`ehds.node.privacy_ledger`), and the study workspaces handed out (``workspaces``,
+`ehds.node.workspaces`), so that their tables can be dropped once idle.
 """
 
 from __future__ import annotations
@@ -157,6 +161,41 @@ class ReleaseDecisionRow(Base):
     decided_by: Mapped[str] = mapped_column(sa.String(200))
     decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
     applied_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+class PrivacyLedgerRow(Base):
+    """One differential-privacy charge: the zCDP ``rho`` a task spent of its permit's and its
+    researcher's budget (``epsilon`` at ``delta`` for people who read (epsilon, delta)).
+
+    One row per task (a re-run after a restart is not charged twice). Never deleted by
+    retention: the budget is spent for good, whatever happens to the task."""
+
+    __tablename__ = "privacy_ledger"
+    __table_args__ = (sa.Index("ix_privacy_ledger_permit_researcher", "permit", "researcher"),)
+
+    task_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    permit: Mapped[str] = mapped_column(sa.String(200), index=True)
+    researcher: Mapped[str] = mapped_column(sa.String(200))
+    study_id: Mapped[str] = mapped_column(sa.String(200))
+    # "name version"
+    analysis: Mapped[str] = mapped_column(sa.String(300))
+    rho: Mapped[float] = mapped_column(sa.Float)
+    epsilon: Mapped[float] = mapped_column(sa.Float)
+    delta: Mapped[float] = mapped_column(sa.Float)
+    charged_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WorkspaceRow(Base):
+    """A study's table in the engine's results place (``name``), handed out to an analysis of
+    several rounds; dropped with its row once unused for the policy's workspace TTL."""
+
+    __tablename__ = "workspaces"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    study_id: Mapped[str] = mapped_column(sa.String(200))
+    purpose: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 metadata = Base.metadata

@@ -1,6 +1,6 @@
-"""The agent's periodic governance work: applying operators' release decisions, and the
-retention sweep. Both run on the agent's event loop for its whole life (connected or not) and
-touch the state database on worker threads.
+"""The agent's periodic governance work: applying operators' release decisions, the
+retention sweep, and dropping idle study workspaces. All run on the agent's event loop for its
+whole life (connected or not) and touch the state database on worker threads.
 
 Why polling for decisions: `ehds node review` is another process that must not take the
 agent's lock or write its audit chain; it leaves a row in ``release_decisions``, and the agent
@@ -14,8 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn
 
+from ehds.analyses.engine import IbisCdm
 from ehds.node.state import AppliedDecision, NodeState
 from ehds.node.state_schema import Decision
+from ehds.node.workspaces import drop_idle_workspaces
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,9 @@ DECISION_POLL_S: Final = 0.5
 
 RETENTION_SWEEP_S: Final = 3600.0
 """How often ended tasks are swept when the policy sets ``retention_days``."""
+
+WORKSPACE_SWEEP_S: Final = 600.0
+"""How often idle study workspaces are looked for (one indexed query when none is idle)."""
 
 
 async def apply_decisions(
@@ -78,4 +83,26 @@ async def sweep_retention(
                         len(deleted),
                         keep,
                     )
+        await asyncio.sleep(interval)
+
+
+async def sweep_workspaces(
+    state: NodeState,
+    engine: Callable[[], IbisCdm],
+    ttl_hours: Callable[[], float],
+    interval: float = WORKSPACE_SWEEP_S,
+) -> NoReturn:
+    """Drop the workspace tables unused for ``ttl_hours()`` (the policy in force), through
+    the node's engine (``engine`` opens one), at once and then every ``interval`` seconds."""
+    while True:
+        hours = ttl_hours()
+        try:
+            dropped = await asyncio.to_thread(drop_idle_workspaces, state, engine, hours)
+        except Exception:
+            log.exception("workspace sweep failed; trying again later")
+        else:
+            if dropped:
+                log.info(
+                    "workspaces: dropped %d table(s) unused for %g hour(s)", len(dropped), hours
+                )
         await asyncio.sleep(interval)

@@ -288,6 +288,8 @@ class Study:
     submitted_by: str = ""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # The current round of an iterative analysis (0 otherwise); ``nodes`` are its tasks.
+    round: int = 0
 
 
 # --------------------------------------------------------------------------- admin API

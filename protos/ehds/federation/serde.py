@@ -451,6 +451,7 @@ def encode_study(m: model.Study) -> study_api_pb2.Study:
         state_reason=m.state_reason,
         nodes=[encode_study_node_status(node) for node in m.nodes],
         submitted_by=m.submitted_by,
+        round=m.round,
     )
     if m.created_at is not None:
         pb.created_at.CopyFrom(encode_timestamp(m.created_at))
@@ -470,6 +471,7 @@ def decode_study(pb: study_api_pb2.Study) -> model.Study:
         submitted_by=pb.submitted_by,
         created_at=_optional_timestamp(pb, "created_at", pb.created_at),
         updated_at=_optional_timestamp(pb, "updated_at", pb.updated_at),
+        round=pb.round,
     )
 
 

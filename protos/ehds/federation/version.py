@@ -17,6 +17,7 @@ History:
          reference, signature), Welcome.coordinator_certificate, audit chain heads in Heartbeat,
          ResultChunk and TaskOutcome, ASSIGNMENT_REJECTED / RELEASE_REJECTED, the
          AWAITING_RELEASE stage and node task state, PermitApi and AuditApi
+    1.4  Study.round (iterative analyses: a study's tasks are its current round's)
 """
 
 from __future__ import annotations
@@ -24,5 +25,5 @@ from __future__ import annotations
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 3
+PROTOCOL_MINOR: Final = 4
 PROTOCOL_VERSION: Final[tuple[int, int]] = (PROTOCOL_MAJOR, PROTOCOL_MINOR)

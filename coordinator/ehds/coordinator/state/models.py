@@ -9,8 +9,11 @@ Why these shapes:
 * A task is final when `ended_at` is set. `NodeTaskState.is_final` alone cannot say it: a task
   NOT_DISPATCHED because the node does not offer the analysis is final, one NOT_DISPATCHED
   because the node is away is not.
-* `results` is keyed by `task_id` (one task per study and node), so a result received twice is
-  stored once whatever the node does.
+* `results` is keyed by `task_id` (one task per study, node and round), so a result received
+  twice is stored once whatever the node does.
+* An iterative analysis (`ehds.analyses.iteration`) runs in rounds, each a task per node: the
+  study keeps its current round, that round's parameters and the analysis' state between
+  rounds, so that a restart resumes an iteration from the database like any other study.
 * `studies.seq` orders studies for paging (newest first) independently of clock resolution.
 * The audit trail is the hash chain of `ehds.audit` (table ``audit_log``): every change appends
   its entry in the same transaction as the change (see `transitions.py`).
@@ -56,7 +59,9 @@ PERMIT_ID_LENGTH = 100
 """A permit id (`ehds.permits` ID_PATTERN)."""
 
 STUDY_ID_LENGTH = 32
-TASK_ID_LENGTH = STUDY_ID_LENGTH + 1 + NAME_LENGTH
+ROUND_SUFFIX_LENGTH = 8
+""".r<round>" of a task of round >= 1 (`task_id`), with room to spare."""
+TASK_ID_LENGTH = STUDY_ID_LENGTH + 1 + NAME_LENGTH + ROUND_SUFFIX_LENGTH
 ENUM_NAME_LENGTH = 40
 
 # Deterministic constraint names, so that migrations can refer to them on every backend.
@@ -155,22 +160,30 @@ class StudyRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # Set when retention deleted the study's results, result document and parameters.
     purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Iterative analyses: the current round (0 for every other study), its parameters (round 0
+    # uses `parameters`; canonical JSON, `ehds.analyses.iteration.round_parameters`) and the
+    # analysis' state after the previous round (canonical JSON; None after round 0).
+    round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    round_parameters: Mapped[bytes | None] = mapped_column(LargeBinary)
+    round_state: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskRow(Base):
-    """The study's task at one node."""
+    """The study's task at one node (in one round of an iterative analysis)."""
 
     __tablename__ = "tasks"
     __table_args__ = (
-        UniqueConstraint("study_id", "node_name"),
+        UniqueConstraint("study_id", "node_name", "round"),
         Index(None, "node_name", "ended_at"),
         Index(None, "study_id", "ended_at"),
     )
 
-    # f"{study_id}.{node_name}": unique per (study, node), readable in logs at both ends.
+    # f"{study_id}.{node_name}" (round 0), f"{study_id}.{node_name}.r{round}" (round >= 1):
+    # unique per (study, node, round), readable in logs at both ends (`task_id`).
     task_id: Mapped[str] = mapped_column(String(TASK_ID_LENGTH), primary_key=True)
     study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"))
     node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"))
+    round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     state: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH))
     error_code: Mapped[str] = mapped_column(String(ENUM_NAME_LENGTH), default="UNSPECIFIED")
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -190,6 +203,12 @@ class TaskRow(Base):
     audit_seq: Mapped[int | None] = mapped_column(BigInteger)
     audit_hash: Mapped[str | None] = mapped_column(String(64))
     signature: Mapped[str | None] = mapped_column(Text)
+
+
+def task_id(study_id: str, node_name: str, round_number: int = 0) -> str:
+    """The id of a study's task at a node: round 0 keeps the id of a study of one round."""
+    base = f"{study_id}.{node_name}"
+    return base if round_number == 0 else f"{base}.r{round_number}"
 
 
 class ResultRow(Base):

@@ -88,7 +88,8 @@ def _node_status(task: TaskRow) -> StudyNodeStatus:
 
 
 def study_model(study: StudyRow, tasks: Sequence[TaskRow], *, with_parameters: bool) -> Study:
-    """``with_parameters=False`` for List and Watch, which leave spec.parameters empty so that
+    """``tasks``: the study's current round's (the only round of most studies).
+    ``with_parameters=False`` for List and Watch, which leave spec.parameters empty so that
     a page stays far below gRPC's 4 MiB."""
     return Study(
         id=study.id,
@@ -107,4 +108,5 @@ def study_model(study: StudyRow, tasks: Sequence[TaskRow], *, with_parameters: b
         submitted_by=study.submitted_by,
         created_at=study.created_at,
         updated_at=study.updated_at,
+        round=study.round,
     )

@@ -72,6 +72,11 @@ class Store(NodeChanges, StudyChanges, PermitChanges):
         for ids in chunks([row.id for row in rows]):
             for task in session.scalars(select(TaskRow).where(TaskRow.study_id.in_(ids))):
                 tasks[task.study_id].append(task)
+        rounds = {row.id: row.round for row in rows}
+        tasks = {
+            study: [task for task in listed if task.round == rounds[study]]
+            for study, listed in tasks.items()
+        }
         studies = [study_model(row, tasks[row.id], with_parameters=False) for row in rows]
         return StudyPage(studies, rows[-1].seq if more and rows else None)
 

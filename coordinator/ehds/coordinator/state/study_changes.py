@@ -27,6 +27,7 @@ from ehds.coordinator.state.models import (
     StudyResultRow,
     StudyRow,
     TaskRow,
+    task_id,
 )
 from ehds.coordinator.state.snapshots import analysis_ref, study_model
 from ehds.coordinator.state.transitions import (
@@ -116,14 +117,16 @@ class StudyChanges(Transitions):
             created_at=now,
             updated_at=now,
             deadline_at=now + timedelta(seconds=spec.deadline_seconds),
+            round=0,
         )
         session.add(study)
         session.flush()  # the study row before its tasks (foreign key)
         tasks = [
             TaskRow(
-                task_id=f"{study.id}.{name}",
+                task_id=task_id(study.id, name),
                 study_id=study.id,
                 node_name=name,
+                round=0,
                 state=NodeTaskState.NOT_DISPATCHED.name,
                 error_code=ErrorCode.UNSPECIFIED.name,
                 reason=NOT_CONNECTED,
@@ -284,6 +287,31 @@ class StudyChanges(Transitions):
         self._aggregate(session, now, study, self._tasks(session, study.id), effects)
         return effects
 
+    def dispatch_round(
+        self,
+        session: Session,
+        now: datetime,
+        study_id: str,
+        connected: Mapping[str, NodeProfile],
+    ) -> Effects:
+        """Send an iterative study's new round to the nodes connected now (`Effects.rounds`);
+        the others get their task when they reconnect (`NodeChanges.node_connected`)."""
+        effects = Effects()
+        study = self._study(session, study_id)
+        if study is None:
+            return effects
+        for task in self._round_tasks(session, study):
+            if StudyState[study.state].is_final:
+                break  # a task the node does not offer ended the round, and the study
+            profile = connected.get(task.node_name)
+            if (
+                profile is not None
+                and task.ended_at is None
+                and task.state == NodeTaskState.NOT_DISPATCHED.name
+            ):
+                self._dispatch(session, now, task, study, profile=profile, effects=effects)
+        return effects
+
     def resume(self, session: Session) -> Effects:
         """At start: re-arm the deadline of every open study (one past its deadline fires at
         once), and finish an aggregation a crash interrupted."""
@@ -313,6 +341,8 @@ class StudyChanges(Transitions):
                 delete(StudyResultRow).where(StudyResultRow.study_id == study.id)
             )
             study.parameters = b""
+            study.round_parameters = None
+            study.round_state = None
             study.purged_at = now
             assert study.ended_at is not None  # selected on it
             self._audit(

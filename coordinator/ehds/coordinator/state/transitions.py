@@ -17,6 +17,15 @@ Study lifecycle: SUBMITTED -> DISPATCHED (a task sent) -> RUNNING (a task acknow
 AGGREGATING (every task final, >= min_nodes results) -> COMPLETED, in the same transaction as
 the last task's end; FAILED (too few results, or the aggregation failed); CANCELLED.
 
+Iterative analyses (`ehds.analyses.iteration`) run in rounds. When every task of the current
+round has ended, `IterativeAnalysis.advance` gets that round's released results, in the same
+transaction as the last task's end: either the next round (the study's round, its parameters
+and the analysis' state are stored, a task is created per contributor of this round, and
+`Effects.rounds` dispatches them once committed) or the end (result document, COMPLETED).
+Round 0 needs min_nodes results like any study; a later round needs every node of the round
+before. Only the current round's tasks are open, so cancel, deadline and revocation work on
+them as on any task.
+
 Every change appends its entry to the coordinator's audit chain (`ehds.audit`) in the same
 transaction, and returns what must happen outside the database as `Effects`. A TaskAssignment
 is signed once, when it is first sent, and stored: every re-send is the same bytes.
@@ -24,6 +33,7 @@ is signed once, when it is first sent, and stored: every re-send is the same byt
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Collection, Iterable, Sequence
@@ -35,6 +45,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from ehds.analyses.base import JsonObject, canonical_json
+from ehds.analyses.iteration import (
+    Finished,
+    IterationFailedError,
+    IterativeAnalysis,
+    NextRound,
+    round_parameters,
+)
 from ehds.analyses.registry import Registry
 from ehds.audit import AuditLog, AuditRef, payload_digest
 from ehds.coordinator.effects import Effects
@@ -43,7 +61,9 @@ from ehds.coordinator.result_document import (
     CONTENT_TYPE,
     build_result_document,
     contribution_summary,
+    iteration_document,
     node_results,
+    round_failure,
 )
 from ehds.coordinator.state.models import (
     PermitHolderRow,
@@ -52,10 +72,11 @@ from ehds.coordinator.state.models import (
     StudyResultRow,
     StudyRow,
     TaskRow,
+    task_id,
 )
 from ehds.coordinator.state.snapshots import analysis_label, analysis_ref, study_model
 from ehds.core.signing import Signer, sha256_hex
-from ehds.federation import model
+from ehds.federation import limits, model
 from ehds.federation.assignment_signing import signing_bytes
 from ehds.federation.model import (
     CancelTask,
@@ -65,6 +86,7 @@ from ehds.federation.model import (
     Study,
     StudyState,
     TaskAssignment,
+    TaskStage,
 )
 from ehds.permits import HdabKey
 
@@ -90,6 +112,7 @@ AUDIT_MAX_NAMES = 200
 entries name its node)."""
 
 NOT_CONNECTED = "node not connected"
+AGGREGATION_FAILED = "aggregation failed at the coordinator (see its log)"
 OPEN_STUDY_STATES = (
     StudyState.SUBMITTED.name,
     StudyState.DISPATCHED.name,
@@ -255,7 +278,7 @@ class Transitions:
             task_id=task.task_id,
             study_id=study.id,
             analysis=analysis_ref(study),
-            parameters=study.parameters,
+            parameters=self._task_parameters(study, task),
             deadline=study.deadline_at,
             min_cell_count=study.min_cell_count,
             data_permit_id=study.data_permit_id,
@@ -271,6 +294,16 @@ class Transitions:
             task.signature = self._signer.sign(signing_bytes(unsigned))
         return replace(unsigned, signature=task.signature)
 
+    @staticmethod
+    def _task_parameters(study: StudyRow, task: TaskRow) -> bytes:
+        """The parameter bytes the task's node receives: the study's in round 0, the round's
+        after (only the current round's tasks are ever sent)."""
+        if not task.round:
+            return study.parameters
+        if task.round != study.round or study.round_parameters is None:
+            raise RuntimeError(f"task {task.task_id} is not of its study's current round")
+        return study.round_parameters
+
     def _count_ended(self, session: Session, study: StudyRow) -> None:
         """Call just BEFORE setting a task's ended_at (the count still includes it)."""
         session.info["open_tasks"][study.id] = self._open_tasks(session, study) - 1
@@ -283,8 +316,14 @@ class Transitions:
             )
         )
 
+    def _round_tasks(self, session: Session, study: StudyRow) -> list[TaskRow]:
+        """The tasks of the study's current round (every task, for a study of one round)."""
+        return [task for task in self._tasks(session, study.id) if task.round == study.round]
+
     def _snapshot(self, session: Session, study: StudyRow, *, with_parameters: bool) -> Study:
-        return study_model(study, self._tasks(session, study.id), with_parameters=with_parameters)
+        return study_model(
+            study, self._round_tasks(session, study), with_parameters=with_parameters
+        )
 
     def _touch(self, study: StudyRow, now: datetime, effects: Effects) -> None:
         study.updated_at = now
@@ -357,9 +396,12 @@ class Transitions:
             return
         if self._open_tasks(session, study) > 0:
             return
-        tasks = self._tasks(session, study.id)
+        tasks = self._round_tasks(session, study)
         done = sum(1 for task in tasks if task.state == NodeTaskState.RELEASED.name)
-        if done >= study.min_nodes:
+        analysis = self._registry.get(analysis_ref(study))
+        if isinstance(analysis, IterativeAnalysis):
+            self._end_round(session, now, study, tasks, analysis=analysis, effects=effects)
+        elif done >= study.min_nodes:
             study.state = StudyState.AGGREGATING.name
             self._audit(
                 session, COORDINATOR_ACTOR, "study.aggregating", subject=study_subject(study.id)
@@ -448,18 +490,24 @@ class Transitions:
         task.dispatched_at = now
         task.updated_at = now
         task.vocabulary_version = profile.vocabulary_version
+        detail: dict[str, Any] = {
+            "study": study.id,
+            "node": task.node_name,
+            "analysis": str(analysis_ref(study)),
+            "permit": study.data_permit_id,
+            "requested_by": study.submitted_by,
+            "vocabulary_version": profile.vocabulary_version,
+        }
+        if task.round:
+            detail["round"] = task.round
         reference = self._audit(
             session,
             COORDINATOR_ACTOR,
             "task.dispatched",
             subject=task_subject(task.task_id),
-            digest=payload_digest(study.parameters),
-            study=study.id,
-            node=task.node_name,
-            analysis=str(analysis_ref(study)),
-            permit=study.data_permit_id,
-            requested_by=study.submitted_by,
-            vocabulary_version=profile.vocabulary_version,
+            # Of the bytes the node receives (a later round's parameters carry its input).
+            digest=payload_digest(self._task_parameters(study, task)),
+            **detail,
         )
         # The assignment names this entry (the node records it): fixed from now on.
         task.audit_seq, task.audit_hash = reference.seq, reference.hash
@@ -510,12 +558,13 @@ class Transitions:
         tasks: Sequence[TaskRow],
         effects: Effects,
     ) -> None:
-        contents = {
-            row.node_name: row.payload
-            for row in session.scalars(select(ResultRow).where(ResultRow.study_id == study.id))
-        }
+        contents = self._round_results(session, study)
         try:
             analysis = self._registry.get(analysis_ref(study))
+            if isinstance(analysis, IterativeAnalysis):
+                # A study left AGGREGATING by a version without rounds (`resume`).
+                self._end_round(session, now, study, tasks, analysis=analysis, effects=effects)
+                return
             document = build_result_document(study, tasks, analysis, node_results(contents))
         except Exception:
             # Aggregation code is analysis code: its failure fails this study, not the
@@ -527,10 +576,29 @@ class Transitions:
                 now,
                 study,
                 state=StudyState.FAILED,
-                reason="aggregation failed at the coordinator (see its log)",
+                reason=AGGREGATION_FAILED,
                 effects=effects,
             )
             return
+        self._complete(
+            session,
+            now,
+            study,
+            document=document,
+            contributed=f"{len(contents)} of {len(tasks)}",
+            effects=effects,
+        )
+
+    def _complete(
+        self,
+        session: Session,
+        now: datetime,
+        study: StudyRow,
+        *,
+        document: bytes,
+        contributed: str,
+        effects: Effects,
+    ) -> None:
         session.add(
             StudyResultRow(
                 study_id=study.id,
@@ -540,13 +608,167 @@ class Transitions:
                 created_at=now,
             )
         )
-        summary = f"{len(contents)} of {len(tasks)} nodes contributed"
         self._end_study(
             session,
             now,
             study,
             state=StudyState.COMPLETED,
-            reason=summary,
+            reason=f"{contributed} nodes contributed",
             effects=effects,
             digest=payload_digest(document),
         )
+
+    def _round_results(self, session: Session, study: StudyRow) -> dict[str, bytes]:
+        """Node -> the result it released in the study's current round."""
+        rows = session.execute(
+            select(ResultRow.node_name, ResultRow.payload)
+            .join(TaskRow, TaskRow.task_id == ResultRow.task_id)
+            .where(ResultRow.study_id == study.id, TaskRow.round == study.round)
+        )
+        return dict(rows.tuples().all())
+
+    # ------------------------------------------------------------------ rounds
+
+    def _end_round(
+        self,
+        session: Session,
+        now: datetime,
+        study: StudyRow,
+        tasks: Sequence[TaskRow],
+        *,
+        analysis: IterativeAnalysis[Any],
+        effects: Effects,
+    ) -> None:
+        """Every task of an iterative study's current round has ended: fail the study, start
+        the next round, or finish it (see the module docstring)."""
+        released = [task for task in tasks if task.state == NodeTaskState.RELEASED.name]
+        if study.round == 0:
+            problem = (
+                contribution_summary(study, tasks) if len(released) < study.min_nodes else None
+            )
+        else:
+            problem = round_failure(study.round, tasks)
+        if problem is not None:
+            self._end_study(
+                session, now, study, state=StudyState.FAILED, reason=problem, effects=effects
+            )
+            return
+        results = node_results(self._round_results(session, study))
+        try:
+            step = self._advance_analysis(study, analysis, results)
+        except IterationFailedError as exc:
+            self._end_study(
+                session, now, study, state=StudyState.FAILED, reason=str(exc), effects=effects
+            )
+            return
+        except Exception:
+            # Analysis code, as in `_aggregate`: its failure fails this study only.
+            log.exception("round %d of study %s failed at the coordinator", study.round, study.id)
+            self._end_study(
+                session,
+                now,
+                study,
+                state=StudyState.FAILED,
+                reason=AGGREGATION_FAILED,
+                effects=effects,
+            )
+            return
+        if isinstance(step, tuple):
+            parameters, state = step
+            self._start_round(
+                session,
+                now,
+                study,
+                released,
+                parameters=parameters,
+                state=state,
+                effects=effects,
+            )
+            return
+        document = iteration_document(
+            study, self._tasks(session, study.id), step.result, results, study.round + 1
+        )
+        self._complete(
+            session,
+            now,
+            study,
+            document=document,
+            contributed=f"{len(results)} of {len(tasks)}",
+            effects=effects,
+        )
+
+    def _advance_analysis(
+        self,
+        study: StudyRow,
+        analysis: IterativeAnalysis[Any],
+        results: dict[str, JsonObject],
+    ) -> tuple[bytes, str] | Finished:
+        """`IterativeAnalysis.advance` over this round's results: Finished, or the next
+        round's (parameters, state as canonical JSON). `IterationFailedError` when the
+        iteration cannot go on."""
+        params = analysis.parse_parameters(study.parameters)
+        state = json.loads(study.round_state) if study.round_state is not None else None
+        step = analysis.advance(params, study.round, state, results)
+        if isinstance(step, Finished):
+            return step
+        if not isinstance(step, NextRound):
+            raise TypeError(f"{analysis.ref()}.advance returned {type(step).__name__}")
+        next_round = study.round + 1
+        if next_round >= analysis.max_rounds:
+            raise IterationFailedError(
+                f"{analysis.ref()} did not finish in {analysis.max_rounds} rounds"
+            )
+        parameters = round_parameters(study.parameters, next_round, step.round_input)
+        if len(parameters) > limits.MAX_PARAMETERS_BYTES:
+            raise IterationFailedError(
+                f"{analysis.ref()}: the parameters of round {next_round} are {len(parameters)} "
+                f"bytes, more than the {limits.MAX_PARAMETERS_BYTES} allowed"
+            )
+        return parameters, canonical_json(step.state).decode()
+
+    def _start_round(
+        self,
+        session: Session,
+        now: datetime,
+        study: StudyRow,
+        contributors: Sequence[TaskRow],
+        *,
+        parameters: bytes,
+        state: str,
+        effects: Effects,
+    ) -> None:
+        """Store the next round and create its tasks (NOT_DISPATCHED, like a study's first
+        tasks: `Effects.rounds` sends them to the nodes connected once this commits)."""
+        study.round += 1
+        study.round_parameters = parameters
+        study.round_state = state
+        tasks = [
+            TaskRow(
+                task_id=task_id(study.id, contributor.node_name, study.round),
+                study_id=study.id,
+                node_name=contributor.node_name,
+                round=study.round,
+                state=NodeTaskState.NOT_DISPATCHED.name,
+                error_code=ErrorCode.UNSPECIFIED.name,
+                reason=NOT_CONNECTED,
+                vocabulary_version="",
+                stage=TaskStage.UNSPECIFIED.name,
+                fraction=0.0,
+                updated_at=now,
+                cancel_pending=False,
+            )
+            for contributor in sorted(contributors, key=lambda t: t.node_name)
+        ]
+        session.add_all(tasks)
+        session.info.setdefault("open_tasks", {})[study.id] = len(tasks)
+        self._audit(
+            session,
+            COORDINATOR_ACTOR,
+            "study.round",
+            subject=study_subject(study.id),
+            digest=payload_digest(parameters),
+            round=study.round,
+            nodes=len(tasks),
+        )
+        effects.rounds.add(study.id)
+        self._touch(study, now, effects)

@@ -26,47 +26,47 @@ from ehds.federation.v1 import common_pb2 as ehds_dot_federation_dot_v1_dot_comm
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ehds/federation/v1/study_api.proto\x12\x12\x65hds.federation.v1\x1a\x1f\x65hds/federation/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\tStudySpec\x12\r\n\x05title\x18\x01 \x01(\t\x12\x31\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x11\n\tmin_nodes\x18\x04 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\r\x12\x14\n\x0ctarget_nodes\x18\x06 \x03(\t\x12\x16\n\x0e\x64\x61ta_permit_id\x18\x07 \x01(\t\"\xa5\x02\n\x0fStudyNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.ehds.federation.v1.NodeTaskState\x12\x31\n\nerror_code\x18\x03 \x01(\x0e\x32\x1d.ehds.federation.v1.ErrorCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x05 \x01(\t\x12,\n\x05stage\x18\x06 \x01(\x0e\x32\x1d.ehds.federation.v1.TaskStage\x12\x10\n\x08\x66raction\x18\x07 \x01(\x02\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x02\n\x05Study\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.ehds.federation.v1.StudySpec\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.ehds.federation.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x04 \x01(\t\x12\x32\n\x05nodes\x18\x05 \x03(\x0b\x32#.ehds.federation.v1.StudyNodeStatus\x12\x14\n\x0csubmitted_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x12SubmitStudyRequest\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.ehds.federation.v1.StudySpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x13SubmitStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"#\n\x0fGetStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"<\n\x10GetStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\";\n\x12ListStudiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x13ListStudiesResponse\x12*\n\x07studies\x18\x01 \x03(\x0b\x32\x19.ehds.federation.v1.Study\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"%\n\x11WatchStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"6\n\nStudyEvent\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"*\n\x16GetStudyResultsRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"V\n\x11StudyResultsChunk\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12/\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .ehds.federation.v1.PayloadChunk*\xe4\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STUDY_STATE_SUBMITTED\x10\x01\x12\x1a\n\x16STUDY_STATE_DISPATCHED\x10\x02\x12\x17\n\x13STUDY_STATE_RUNNING\x10\x03\x12\x1b\n\x17STUDY_STATE_AGGREGATING\x10\x04\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x05\x12\x16\n\x12STUDY_STATE_FAILED\x10\x06\x12\x19\n\x15STUDY_STATE_CANCELLED\x10\x07*\xe6\x02\n\rNodeTaskState\x12\x1f\n\x1bNODE_TASK_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eNODE_TASK_STATE_NOT_DISPATCHED\x10\x01\x12\x1e\n\x1aNODE_TASK_STATE_DISPATCHED\x10\x02\x12\x1c\n\x18NODE_TASK_STATE_RECEIVED\x10\x03\x12\x1b\n\x17NODE_TASK_STATE_RUNNING\x10\x04\x12\x18\n\x14NODE_TASK_STATE_DONE\x10\x05\x12\x1b\n\x17NODE_TASK_STATE_REFUSED\x10\x06\x12\x1a\n\x16NODE_TASK_STATE_FAILED\x10\x07\x12\x1d\n\x19NODE_TASK_STATE_TIMED_OUT\x10\x08\x12\x1d\n\x19NODE_TASK_STATE_CANCELLED\x10\t\x12$\n NODE_TASK_STATE_AWAITING_RELEASE\x10\n2\xa0\x04\n\x08StudyApi\x12Y\n\x06Submit\x12&.ehds.federation.v1.SubmitStudyRequest\x1a\'.ehds.federation.v1.SubmitStudyResponse\x12P\n\x03Get\x12#.ehds.federation.v1.GetStudyRequest\x1a$.ehds.federation.v1.GetStudyResponse\x12W\n\x04List\x12&.ehds.federation.v1.ListStudiesRequest\x1a\'.ehds.federation.v1.ListStudiesResponse\x12Y\n\x06\x43\x61ncel\x12&.ehds.federation.v1.CancelStudyRequest\x1a\'.ehds.federation.v1.CancelStudyResponse\x12P\n\x05Watch\x12%.ehds.federation.v1.WatchStudyRequest\x1a\x1e.ehds.federation.v1.StudyEvent0\x01\x12\x61\n\nGetResults\x12*.ehds.federation.v1.GetStudyResultsRequest\x1a%.ehds.federation.v1.StudyResultsChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ehds/federation/v1/study_api.proto\x12\x12\x65hds.federation.v1\x1a\x1f\x65hds/federation/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\tStudySpec\x12\r\n\x05title\x18\x01 \x01(\t\x12\x31\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32\x1f.ehds.federation.v1.AnalysisRef\x12\x12\n\nparameters\x18\x03 \x01(\x0c\x12\x11\n\tmin_nodes\x18\x04 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\r\x12\x14\n\x0ctarget_nodes\x18\x06 \x03(\t\x12\x16\n\x0e\x64\x61ta_permit_id\x18\x07 \x01(\t\"\xa5\x02\n\x0fStudyNodeStatus\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.ehds.federation.v1.NodeTaskState\x12\x31\n\nerror_code\x18\x03 \x01(\x0e\x32\x1d.ehds.federation.v1.ErrorCode\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12vocabulary_version\x18\x05 \x01(\t\x12,\n\x05stage\x18\x06 \x01(\x0e\x32\x1d.ehds.federation.v1.TaskStage\x12\x10\n\x08\x66raction\x18\x07 \x01(\x02\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x02\n\x05Study\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.ehds.federation.v1.StudySpec\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.ehds.federation.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x04 \x01(\t\x12\x32\n\x05nodes\x18\x05 \x03(\x0b\x32#.ehds.federation.v1.StudyNodeStatus\x12\x14\n\x0csubmitted_by\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05round\x18\t \x01(\r\"U\n\x12SubmitStudyRequest\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.ehds.federation.v1.StudySpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x13SubmitStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"#\n\x0fGetStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"<\n\x10GetStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\";\n\x12ListStudiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x13ListStudiesResponse\x12*\n\x07studies\x18\x01 \x03(\x0b\x32\x19.ehds.federation.v1.Study\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x13\x43\x61ncelStudyResponse\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"%\n\x11WatchStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"6\n\nStudyEvent\x12(\n\x05study\x18\x01 \x01(\x0b\x32\x19.ehds.federation.v1.Study\"*\n\x16GetStudyResultsRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\"V\n\x11StudyResultsChunk\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12/\n\x05\x63hunk\x18\x02 \x01(\x0b\x32 .ehds.federation.v1.PayloadChunk*\xe4\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STUDY_STATE_SUBMITTED\x10\x01\x12\x1a\n\x16STUDY_STATE_DISPATCHED\x10\x02\x12\x17\n\x13STUDY_STATE_RUNNING\x10\x03\x12\x1b\n\x17STUDY_STATE_AGGREGATING\x10\x04\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x05\x12\x16\n\x12STUDY_STATE_FAILED\x10\x06\x12\x19\n\x15STUDY_STATE_CANCELLED\x10\x07*\xe6\x02\n\rNodeTaskState\x12\x1f\n\x1bNODE_TASK_STATE_UNSPECIFIED\x10\x00\x12\"\n\x1eNODE_TASK_STATE_NOT_DISPATCHED\x10\x01\x12\x1e\n\x1aNODE_TASK_STATE_DISPATCHED\x10\x02\x12\x1c\n\x18NODE_TASK_STATE_RECEIVED\x10\x03\x12\x1b\n\x17NODE_TASK_STATE_RUNNING\x10\x04\x12\x18\n\x14NODE_TASK_STATE_DONE\x10\x05\x12\x1b\n\x17NODE_TASK_STATE_REFUSED\x10\x06\x12\x1a\n\x16NODE_TASK_STATE_FAILED\x10\x07\x12\x1d\n\x19NODE_TASK_STATE_TIMED_OUT\x10\x08\x12\x1d\n\x19NODE_TASK_STATE_CANCELLED\x10\t\x12$\n NODE_TASK_STATE_AWAITING_RELEASE\x10\n2\xa0\x04\n\x08StudyApi\x12Y\n\x06Submit\x12&.ehds.federation.v1.SubmitStudyRequest\x1a\'.ehds.federation.v1.SubmitStudyResponse\x12P\n\x03Get\x12#.ehds.federation.v1.GetStudyRequest\x1a$.ehds.federation.v1.GetStudyResponse\x12W\n\x04List\x12&.ehds.federation.v1.ListStudiesRequest\x1a\'.ehds.federation.v1.ListStudiesResponse\x12Y\n\x06\x43\x61ncel\x12&.ehds.federation.v1.CancelStudyRequest\x1a\'.ehds.federation.v1.CancelStudyResponse\x12P\n\x05Watch\x12%.ehds.federation.v1.WatchStudyRequest\x1a\x1e.ehds.federation.v1.StudyEvent0\x01\x12\x61\n\nGetResults\x12*.ehds.federation.v1.GetStudyResultsRequest\x1a%.ehds.federation.v1.StudyResultsChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ehds.federation.v1.study_api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STUDYSTATE']._serialized_start=1670
-  _globals['_STUDYSTATE']._serialized_end=1898
-  _globals['_NODETASKSTATE']._serialized_start=1901
-  _globals['_NODETASKSTATE']._serialized_end=2259
+  _globals['_STUDYSTATE']._serialized_start=1685
+  _globals['_STUDYSTATE']._serialized_end=1913
+  _globals['_NODETASKSTATE']._serialized_start=1916
+  _globals['_NODETASKSTATE']._serialized_end=2274
   _globals['_STUDYSPEC']._serialized_start=125
   _globals['_STUDYSPEC']._serialized_end=313
   _globals['_STUDYNODESTATUS']._serialized_start=316
   _globals['_STUDYNODESTATUS']._serialized_end=609
   _globals['_STUDY']._serialized_start=612
-  _globals['_STUDY']._serialized_end=915
-  _globals['_SUBMITSTUDYREQUEST']._serialized_start=917
-  _globals['_SUBMITSTUDYREQUEST']._serialized_end=1002
-  _globals['_SUBMITSTUDYRESPONSE']._serialized_start=1004
-  _globals['_SUBMITSTUDYRESPONSE']._serialized_end=1067
-  _globals['_GETSTUDYREQUEST']._serialized_start=1069
-  _globals['_GETSTUDYREQUEST']._serialized_end=1104
-  _globals['_GETSTUDYRESPONSE']._serialized_start=1106
-  _globals['_GETSTUDYRESPONSE']._serialized_end=1166
-  _globals['_LISTSTUDIESREQUEST']._serialized_start=1168
-  _globals['_LISTSTUDIESREQUEST']._serialized_end=1227
-  _globals['_LISTSTUDIESRESPONSE']._serialized_start=1229
-  _globals['_LISTSTUDIESRESPONSE']._serialized_end=1319
-  _globals['_CANCELSTUDYREQUEST']._serialized_start=1321
-  _globals['_CANCELSTUDYREQUEST']._serialized_end=1375
-  _globals['_CANCELSTUDYRESPONSE']._serialized_start=1377
-  _globals['_CANCELSTUDYRESPONSE']._serialized_end=1440
-  _globals['_WATCHSTUDYREQUEST']._serialized_start=1442
-  _globals['_WATCHSTUDYREQUEST']._serialized_end=1479
-  _globals['_STUDYEVENT']._serialized_start=1481
-  _globals['_STUDYEVENT']._serialized_end=1535
-  _globals['_GETSTUDYRESULTSREQUEST']._serialized_start=1537
-  _globals['_GETSTUDYRESULTSREQUEST']._serialized_end=1579
-  _globals['_STUDYRESULTSCHUNK']._serialized_start=1581
-  _globals['_STUDYRESULTSCHUNK']._serialized_end=1667
-  _globals['_STUDYAPI']._serialized_start=2262
-  _globals['_STUDYAPI']._serialized_end=2806
+  _globals['_STUDY']._serialized_end=930
+  _globals['_SUBMITSTUDYREQUEST']._serialized_start=932
+  _globals['_SUBMITSTUDYREQUEST']._serialized_end=1017
+  _globals['_SUBMITSTUDYRESPONSE']._serialized_start=1019
+  _globals['_SUBMITSTUDYRESPONSE']._serialized_end=1082
+  _globals['_GETSTUDYREQUEST']._serialized_start=1084
+  _globals['_GETSTUDYREQUEST']._serialized_end=1119
+  _globals['_GETSTUDYRESPONSE']._serialized_start=1121
+  _globals['_GETSTUDYRESPONSE']._serialized_end=1181
+  _globals['_LISTSTUDIESREQUEST']._serialized_start=1183
+  _globals['_LISTSTUDIESREQUEST']._serialized_end=1242
+  _globals['_LISTSTUDIESRESPONSE']._serialized_start=1244
+  _globals['_LISTSTUDIESRESPONSE']._serialized_end=1334
+  _globals['_CANCELSTUDYREQUEST']._serialized_start=1336
+  _globals['_CANCELSTUDYREQUEST']._serialized_end=1390
+  _globals['_CANCELSTUDYRESPONSE']._serialized_start=1392
+  _globals['_CANCELSTUDYRESPONSE']._serialized_end=1455
+  _globals['_WATCHSTUDYREQUEST']._serialized_start=1457
+  _globals['_WATCHSTUDYREQUEST']._serialized_end=1494
+  _globals['_STUDYEVENT']._serialized_start=1496
+  _globals['_STUDYEVENT']._serialized_end=1550
+  _globals['_GETSTUDYRESULTSREQUEST']._serialized_start=1552
+  _globals['_GETSTUDYRESULTSREQUEST']._serialized_end=1594
+  _globals['_STUDYRESULTSCHUNK']._serialized_start=1596
+  _globals['_STUDYRESULTSCHUNK']._serialized_end=1682
+  _globals['_STUDYAPI']._serialized_start=2277
+  _globals['_STUDYAPI']._serialized_end=2821
 # @@protoc_insertion_point(module_scope)

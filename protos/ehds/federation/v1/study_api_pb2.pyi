@@ -243,12 +243,17 @@ class Study(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___StudyState.ValueType
     state_reason: _builtins.str
     """Why the study FAILED or was CANCELLED, in words."""
     submitted_by: _builtins.str
     """Authenticated identity of the submitter."""
+    round: _builtins.int
+    """Since 1.4: the current round of an iterative analysis (0 for every other study); `nodes`
+    are this round's tasks.
+    """
     @_builtins.property
     def spec(self) -> Global___StudySpec:
         """As submitted; List leaves spec.parameters empty so that a page stays far below 4 MiB."""
@@ -272,10 +277,11 @@ class Study(_message.Message):
         submitted_by: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        round: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "nodes", b"nodes", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "submitted_by", b"submitted_by", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "nodes", b"nodes", "round", b"round", "spec", b"spec", "state", b"state", "state_reason", b"state_reason", "submitted_by", b"submitted_by", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
