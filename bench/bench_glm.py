@@ -169,7 +169,7 @@ def node_alone(
     base = glm.encode_parameters(glm.parse_parameters(study_parameters()))
     with (
         tempfile.TemporaryDirectory(prefix="ehds-bench-glm-") as tmp,
-        duckdb_session(node.cdm, Path(tmp) / "results.duckdb") as engine,
+        duckdb_session(node.cdm, Path(tmp) / "bench-node.duckdb") as engine,
     ):
         ctx = ComputeContext(
             cdm=None,
@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cdm_cache=CACHE,
         )
         total, rounds, document = run_federated(federation)
+        print(
+            f"federated: {total:.2f} s, rounds " + ", ".join(f"{r:.2f} s" for r in rounds),
+            file=sys.stderr,
+            flush=True,
+        )
         pooled = document["pooled"]
         coefficients = [c["estimate"] for c in pooled["coefficients"]]
         build, alone = node_alone(federation, coefficients, args.repeat)
