@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from ehds.analyses.base import ComputeContext, InvalidParametersError, JsonObject
+from ehds.analyses.engine import IbisCdm, duckdb_session
+from ehds.analyses.glm import Glm, GlmParameters
+from ehds.analyses.iteration import round_parameters, run_locally
+from ehds.omop.database import CdmDatabase
+from ehds.omop.synth import SynthOptions, generate
 from glm_reference import (
     AGE,
     FEMALE,
@@ -32,13 +39,6 @@ from glm_reference import (
     reference_poisson,
     statsmodels_fit,
 )
-
-from ehds.analyses.base import ComputeContext, InvalidParametersError, JsonObject
-from ehds.analyses.engine import IbisCdm, duckdb_session
-from ehds.analyses.glm import Glm, GlmParameters
-from ehds.analyses.iteration import round_parameters, run_locally
-from ehds.omop.database import CdmDatabase
-from ehds.omop.synth import SynthOptions, generate
 
 
 class Workspace:
