@@ -147,6 +147,34 @@ def observed_intervals(
     return intervals.filter(intervals.interval_start <= intervals.interval_end)
 
 
+def index_dates(cohort: ir.Table) -> ir.Table:
+    """``person_id, index_date``: each person's first entry start (a regression's or a survival
+    curve's index)."""
+    return cohort.group_by(person_id=cohort.person_id.cast("int64")).agg(
+        index_date=cohort.cohort_start_date.min()
+    )
+
+
+def observed_at_index(engine: IbisCdm, index: ir.Table) -> ir.Table:
+    """``index`` joined to the observation period holding each index date, adding ``op_end``
+    (its end); persons whose index lies outside every period are left out."""
+    op = engine.table("observation_period")
+    periods = op.select(
+        op_person_id=op.person_id.cast("int64"),
+        op_start=op.observation_period_start_date,
+        op_end=op.observation_period_end_date,
+    )
+    holding = index.join(
+        periods,
+        [
+            index.person_id == periods.op_person_id,
+            periods.op_start <= index.index_date,
+            periods.op_end >= index.index_date,
+        ],
+    )
+    return holding.select(*index.columns, "op_end")
+
+
 def with_person_strata(table: ir.Table, engine: IbisCdm, edges: Sequence[int]) -> ir.Table:
     """``table`` (with ``person_id`` and ``year``) plus ``sex`` and ``age_band`` in that year."""
     person = engine.table("person")

@@ -22,7 +22,14 @@ from ibis.common.exceptions import TableNotFound
 from ehds.analyses.base import ComputeContext
 from ehds.analyses.engine import IbisCdm
 from ehds.analyses.features import ConceptWindow, latest_value, with_features
-from ehds.analyses.person_time import DAYS_PER_YEAR, add_days, cohort_table, inclusive_days
+from ehds.analyses.person_time import (
+    DAYS_PER_YEAR,
+    add_days,
+    cohort_table,
+    inclusive_days,
+    index_dates,
+    observed_at_index,
+)
 
 from .parameters import GlmParameters
 
@@ -34,13 +41,6 @@ COVARIATE_PREFIX: Final = "x_"
 
 def covariate_columns(params: GlmParameters) -> list[str]:
     return [COVARIATE_PREFIX + c.name for c in params.covariates]
-
-
-def index_dates(target: ir.Table) -> ir.Table:
-    """``person_id, index_date``: each person's first entry start."""
-    return target.group_by(person_id=target.person_id.cast("int64")).agg(
-        index_date=target.cohort_start_date.min()
-    )
 
 
 def _binomial(index: ir.Table, outcome: ir.Table, params: GlmParameters) -> ir.Table:
@@ -73,20 +73,7 @@ def _binomial(index: ir.Table, outcome: ir.Table, params: GlmParameters) -> ir.T
 def _poisson(
     engine: IbisCdm, index: ir.Table, outcome: ir.Table, params: GlmParameters
 ) -> ir.Table:
-    op = engine.table("observation_period")
-    periods = op.select(
-        op_person_id=op.person_id.cast("int64"),
-        op_start=op.observation_period_start_date,
-        op_end=op.observation_period_end_date,
-    )
-    holding = index.join(
-        periods,
-        [
-            index.person_id == periods.op_person_id,
-            periods.op_start <= index.index_date,
-            periods.op_end >= index.index_date,
-        ],
-    )
+    holding = observed_at_index(engine, index)
     risk = holding.select(
         "person_id",
         "index_date",

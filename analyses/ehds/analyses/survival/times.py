@@ -25,7 +25,12 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from ehds.analyses.engine import IbisCdm
-from ehds.analyses.person_time import age_band_label, sex_label
+from ehds.analyses.person_time import (
+    age_band_label,
+    index_dates,
+    observed_at_index,
+    sex_label,
+)
 from ehds.analyses.survival.parameters import OVERALL, KaplanMeierParameters
 
 
@@ -33,23 +38,7 @@ def survival_times(
     engine: IbisCdm, params: KaplanMeierParameters, target: ir.Table, outcome: ir.Table
 ) -> ir.Table:
     """``person_id, stratum, duration, event`` (event 1/0): one row per person."""
-    first = target.group_by(person_id=target.person_id.cast("int64")).agg(
-        index_date=target.cohort_start_date.min()
-    )
-    op = engine.table("observation_period")
-    periods = op.select(
-        op_person=op.person_id.cast("int64"),
-        op_start=op.observation_period_start_date,
-        op_end=op.observation_period_end_date,
-    )
-    observed = first.join(
-        periods,
-        [
-            first.person_id == periods.op_person,
-            periods.op_start <= first.index_date,
-            periods.op_end >= first.index_date,
-        ],
-    )
+    observed = observed_at_index(engine, index_dates(target))
     persons = observed.select(
         person_id=observed.person_id,
         index_date=observed.index_date,
