@@ -20,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -102,6 +103,35 @@ class PrivacyAccountant(Protocol):
     def charge(self, *, rho: float, epsilon: float, delta: float) -> None: ...
 
 
+class FlRuntime(Protocol):
+    r"""The node's host of federated-learning clients (`ehds.node.fl_sessions`).
+
+    An `fl` study's first task asks :meth:`check_app` before anything else (a bundle whose
+    name, version or SHA-256 the node's policy does not list is refused, rule
+    ``fl.app_not_allowed`` or ``fl.bundle_unknown``, and none of its code runs), builds the
+    feature extract at :meth:`extract_path`, checks it against :attr:`min_rows` and
+    :attr:`min_events`, then :meth:`start`\ s the study's long-lived, network-isolated
+    ClientApp worker, which reads only that extract. Each later task hands one Flower message
+    to :meth:`deliver` and releases the reply (metrics filtered by the node's policy)."""
+
+    @property
+    def min_rows(self) -> int: ...
+
+    @property
+    def min_events(self) -> int: ...
+
+    def check_app(self, name: str, version: str, fab: bytes) -> None: ...
+
+    def extract_path(self, study_id: str) -> Path: ...
+
+    def start(
+        self, study_id: str, *, fab: bytes, extract: Path, run_config: Mapping[str, Any]
+    ) -> str:
+        """Start (or find running) the study's worker; returns its isolation mode."""
+
+    def deliver(self, study_id: str, message: bytes) -> bytes: ...
+
+
 @dataclass
 class ComputeContext:
     """What the node hands to :meth:`Analysis.compute`.
@@ -122,6 +152,7 @@ class ComputeContext:
     workspace: Workspace | None = None
     privacy: PrivacyAccountant | None = None
     study_id: str = ""
+    fl: FlRuntime | None = None
 
     def require_engine(self) -> IbisCdm:
         if self.engine is None:
@@ -141,6 +172,11 @@ class ComputeContext:
                 "this analysis needs the node's workspace (ComputeContext.workspace)"
             )
         return self.workspace
+
+    def require_fl(self) -> FlRuntime:
+        if self.fl is None:
+            raise RuntimeError("federated learning needs the node's FL host (ComputeContext.fl)")
+        return self.fl
 
     def require_privacy(self) -> PrivacyAccountant:
         if self.privacy is None:

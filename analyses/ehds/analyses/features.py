@@ -11,9 +11,10 @@ Definitions (the tests' independent SQL reference follows these words):
 * ``age``: ``year(index) - year_of_birth`` (OMOP often holds no birth day), divided by
   ``per_years`` (10 gives "per decade").
 * ``sex``: 1 for OMOP's FEMALE concept (8532), 0 for every other gender concept.
-* ``condition`` / ``drug``: 1 if the person has an occurrence (``condition_start_date`` /
-  ``drug_exposure_start_date``) of the concept set in ``[index + start_day, index + end_day]``
-  (both included), else 0.
+* ``condition`` / ``drug``: with ``aggregate: any`` (the default), 1 if the person has an
+  occurrence (``condition_start_date`` / ``drug_exposure_start_date``) of the concept set in
+  ``[index + start_day, index + end_day]`` (both included), else 0; with ``aggregate: count``,
+  the number of such occurrence rows (0 for none).
 * ``measurement``: the latest ``value_as_number`` (not null) of the concept set measured in
   that window; several values on that latest day are averaged. A person without one has no
   value, and is dropped (complete-case analysis): a missing laboratory value is not a zero.
@@ -85,14 +86,19 @@ class SexFeature(_Model):
     name: FeatureName
 
 
+Aggregate = Literal["any", "count"]
+
+
 class ConditionFeature(ConceptWindow):
     kind: Literal["condition"]
     name: FeatureName
+    aggregate: Aggregate = "any"
 
 
 class DrugFeature(ConceptWindow):
     kind: Literal["drug"]
     name: FeatureName
+    aggregate: Aggregate = "any"
 
 
 class MeasurementFeature(ConceptWindow):
@@ -197,6 +203,13 @@ def occurred(engine: IbisCdm, index: ir.Table, domain: str, window: ConceptWindo
     return events_in_window(engine, index, domain, window).select("person_id").distinct()
 
 
+def occurrences(engine: IbisCdm, index: ir.Table, domain: str, window: ConceptWindow) -> ir.Table:
+    """``person_id, n``: each person's number of events of the concept set in the window
+    (persons with none are absent)."""
+    events = events_in_window(engine, index, domain, window)
+    return events.group_by("person_id").agg(n=events.count())
+
+
 def with_features(
     engine: IbisCdm, index: ir.Table, features: Sequence[Feature], *, prefix: str = "x_"
 ) -> ir.Table:
@@ -225,6 +238,13 @@ def with_features(
             values = latest_value(engine, index, feature).rename(f_person_id="person_id")
             joined = table.join(values, table.person_id == values.f_person_id)
             table = joined.mutate(**{column: joined.value}).drop("f_person_id", "value")
+        elif feature.aggregate == "count":
+            counts = occurrences(engine, index, feature.kind, feature).rename(
+                f_person_id="person_id", f_n="n"
+            )
+            joined = table.left_join(counts, table.person_id == counts.f_person_id)
+            value = joined.f_n.cast("float64").fill_null(0.0)
+            table = joined.mutate(**{column: value}).drop("f_person_id", "f_n")
         else:
             hits = occurred(engine, index, feature.kind, feature).rename(f_person_id="person_id")
             joined = table.left_join(hits, table.person_id == hits.f_person_id)
@@ -236,6 +256,7 @@ def with_features(
 
 __all__ = [
     "AgeFeature",
+    "Aggregate",
     "ConceptIds",
     "ConceptWindow",
     "ConditionFeature",
@@ -250,5 +271,6 @@ __all__ = [
     "in_concept_set",
     "latest_value",
     "occurred",
+    "occurrences",
     "with_features",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 from ehds.analyses.base import Analysis
 from ehds.analyses.characterization import Characterization
 from ehds.analyses.counts import Counts
+from ehds.analyses.fl.analysis import FederatedLearning
 from ehds.analyses.glm import Glm
 from ehds.analyses.incidence import Incidence
 from ehds.analyses.numeric_summary import NumericSummary
@@ -71,6 +72,7 @@ def default_registry() -> Registry:
             NumericSummary(),
             Glm(),
             KaplanMeier(),
+            FederatedLearning(),
             SleepAnalysis(),
             BlobAnalysis(),
             RoundsAnalysis(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -20,6 +21,21 @@ class StateConfig(ConfigModel):
     """
 
     url: str = "sqlite:///coordinator-state.db"
+
+
+class FlConfig(ConfigModel):
+    """Federated learning: where the ServerApps of running studies are unpacked (a fresh
+    temporary folder by default; nothing there outlives a study) and the Python that runs
+    them (the coordinator's own by default)."""
+
+    work_dir: ConfigPath | None = None
+    python: str | None = None
+
+    def work_directory(self) -> Path:
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            return self.work_dir
+        return Path(tempfile.mkdtemp(prefix="ehds-fl-"))
 
 
 class RevocationConfig(ConfigModel):
@@ -70,6 +86,7 @@ class CoordinatorConfig(ConfigModel):
     # A node that misses this many heartbeats is marked disconnected.
     missed_heartbeats: int = Field(default=3, ge=1)
     studies: StudyDefaults = StudyDefaults()
+    fl: FlConfig = FlConfig()
     # Largest result a node may send for one task (it is held in memory while it arrives).
     max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     permits: PermitsConfig = PermitsConfig()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from ehds.audit import AuditFormatError, AuditRef
 from ehds.coordinator.config import CoordinatorConfig
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import NodeRevokedError, ProtocolVersionError
+from ehds.coordinator.fl_host import FlHost
 from ehds.coordinator.metrics import CoordinatorMetrics
 from ehds.coordinator.progress import LiveProgress
 from ehds.coordinator.revocation import RevocationChecker
@@ -207,6 +209,13 @@ class Dispatcher:
         self._housekeeping: asyncio.Task[None] | None = None
         self._closing = False
         self._heartbeat_interval = timedelta(seconds=config.heartbeat_interval_seconds)
+        self._fl = FlHost(
+            db=db,
+            store=store,
+            apply=self._apply,
+            work_dir=config.fl.work_directory(),
+            python=config.fl.python or sys.executable,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,6 +237,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """After the gRPC server stopped: finish background work, flush last-seen times."""
+        await self._fl.close()
         self.begin_shutdown()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
@@ -255,6 +265,7 @@ class Dispatcher:
                 self.streams.send(node, message)
         self._metrics.record(effects)
         for study_id in effects.ended_studies:
+            self._fl.forget(study_id)
             handle = self._timers.pop(study_id, None)
             if handle is not None:
                 handle.cancel()
@@ -268,6 +279,9 @@ class Dispatcher:
         for study_id in effects.rounds:
             if not self._closing:
                 self._spawn(self._dispatch_round(study_id), f"round-{study_id}")
+        for study_id in effects.fl_rounds:
+            if not self._closing and study_id not in effects.ended_studies:
+                self._fl.round_ended(study_id)
         self._notifier.notify(effects.changed_studies)
 
     def _for_node(self, node: str, message: TaskAssignment) -> TaskAssignment:

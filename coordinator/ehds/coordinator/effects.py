@@ -27,6 +27,9 @@ class Effects:
     # connected now (a separate transaction: which nodes are connected is known on the event
     # loop only; a node away then gets its task when it reconnects, as any task).
     rounds: set[str] = field(default_factory=set)
+    # Federated-learning studies whose round (the join, or a batch of Flower messages) ended:
+    # the coordinator's FL host hands the replies to the study's ServerApp.
+    fl_rounds: set[str] = field(default_factory=set)
     # Open studies and their deadlines, to (re-)arm a timer for.
     deadlines: dict[str, datetime] = field(default_factory=dict)
     # Studies that reached a final state (their timers are disarmed).
@@ -46,6 +49,7 @@ class Effects:
         self.changed_studies |= other.changed_studies
         self.aggregate |= other.aggregate
         self.rounds |= other.rounds
+        self.fl_rounds |= other.fl_rounds
         self.deadlines.update(other.deadlines)
         self.ended_studies |= other.ended_studies
         self.dispatched.update(other.dispatched)

@@ -311,6 +311,10 @@ def render_summarised(analysis: str, document: dict[str, Any]) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.fl:
+        from ehds.cli.demo_fl import demo_fl
+
+        return demo_fl(args)
     import json
 
     import yaml
@@ -460,4 +464,10 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=Path("demo-output"),
         help="where the federation's files go (its federation/ folder is re-created)",
     )
+    demo.add_argument(
+        "--fl",
+        action="store_true",
+        help="train a model with Flower across the nodes instead of the analytics studies",
+    )
+    demo.add_argument("--fl-rounds", type=int, default=5, help="Flower rounds (with --fl)")
     demo.set_defaults(handler=_demo)

@@ -18,6 +18,7 @@ from ehds.cli import (
     cohort_command,
     coordinator_commands,
     demo_command,
+    fl_commands,
     node_commands,
     omop_commands,
     permit_commands,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     permit_commands.register(areas)
     cohort_command.register(areas)
     demo_command.register(areas)
+    fl_commands.register(areas)
     return parser
 
 

@@ -81,6 +81,7 @@ from ehds.node.audit_trail import node_audit_log, to_model_ref
 from ehds.node.backoff import Backoff
 from ehds.node.config import NodeConfig
 from ehds.node.errors import NodeStartError, outcome
+from ehds.node.fl_sessions import FlSessions
 from ehds.node.identity import certificate_name
 from ehds.node.link import CoordinatorLink, LinkError, LinkSettings, open_link
 from ehds.node.metrics import NodeMetrics
@@ -94,6 +95,7 @@ from ehds.node.upkeep import (
     RETENTION_SWEEP_S,
     WORKSPACE_SWEEP_S,
     apply_decisions,
+    stop_idle_fl_workers,
     sweep_retention,
     sweep_workspaces,
 )
@@ -104,6 +106,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+FL_FOLDER: Final = "fl"
+"""Beside the state database: each FL study's bundle and feature extract (row-level: the
+node's own disk, never sent anywhere)."""
 CLOCK_SKEW_WARNING: Final = timedelta(seconds=5)
 DEFAULT_HEARTBEAT: Final = timedelta(seconds=15)
 MIN_HEARTBEAT: Final = timedelta(milliseconds=50)
@@ -203,6 +208,11 @@ class NodeAgent:
         self._backoff = Backoff(config.reconnect.initial_seconds, config.reconnect.max_seconds, rng)
         self._shutdown_grace = shutdown_grace_seconds
         self._engines = node_engines(config)
+        self._fl = FlSessions(
+            node_name=self.node_name,
+            policy=lambda: self._policy.policy.fl,
+            base_dir=config.state.parent / FL_FOLDER,
+        )
         self._runner = TaskRunner(
             state=state,
             cdm=self._cdm if isinstance(self._cdm, CdmDatabase) else None,
@@ -213,6 +223,7 @@ class NodeAgent:
             events=_LoopEvents(self),
             metrics=self.metrics,
             workers=config.max_concurrent_tasks,
+            fl=self._fl,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -317,6 +328,7 @@ class NodeAgent:
                     self._workspace_sweep,
                 )
             )
+            self._spawn(stop_idle_fl_workers(self._fl))
             await self._connect_loop()
         finally:
             await self._shutdown()
@@ -683,6 +695,7 @@ class NodeAgent:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self._runner.shutdown, self._shutdown_grace)
+        await asyncio.to_thread(self._fl.close)
         self.metrics.connected.set(0)
         log.info("node %s stopped", self.node_name)
 

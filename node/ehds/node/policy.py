@@ -17,6 +17,8 @@ that allows nothing, runs nothing.
                       and the zCDP budget (rho) per data permit and per researcher under it
     workspace_ttl_hours  a study's workspace tables (multi-round analyses) are dropped after
                       this many hours unused
+    fl                federated learning: the Flower app bundles allowed (name, version,
+                      SHA-256), the smallest extract, and whether training metrics leave
 
 `load_policy` checks the document's shape only (paths are resolved, not read), so that an
 example can be validated without its key files; `load_site_policy` also reads the pinned keys
@@ -106,6 +108,44 @@ class PrivacyPolicy(ConfigModel):
         return analysis in self.required_for
 
 
+class AllowedFlApp(ConfigModel):
+    """A Flower app bundle this site runs: its name, version and the SHA-256 of its bytes
+    (`ehds fl digest`). Flower itself checks no digest; the node does, before any of the
+    bundle's code runs."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class FlPolicy(ConfigModel):
+    """Federated learning at this site (analysis ``fl``; it must also be listed under
+    ``analyses``).
+
+    ``apps``: the bundles allowed (empty: none). ``min_rows`` / ``min_events``: the smallest
+    feature extract, and the fewest persons with and without the outcome, a node trains on
+    (refused below, rules ``fl.min_rows`` / ``fl.min_events``). ``release_metrics``: whether
+    the node's own training and evaluation metrics (loss, AUC, ...) leave it beside the
+    model update; off, only the example count the strategy weights by leaves. Neither the
+    metrics nor their count is covered by node-level differential privacy.
+    ``message_timeout_seconds``: how long a ClientApp may take over one message."""
+
+    apps: tuple[AllowedFlApp, ...] = ()
+    min_rows: int = Field(default=100, ge=1)
+    min_events: int = Field(default=10, ge=1)
+    release_metrics: bool = False
+    message_timeout_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+
+    def allows(self, name: str, version: str) -> bool:
+        return any(app.name == name and app.version == version for app in self.apps)
+
+    def allows_bundle(self, name: str, version: str, sha256: str) -> bool:
+        return any(
+            app.name == name and app.version == version and app.sha256 == sha256
+            for app in self.apps
+        )
+
+
 class Policy(ConfigModel):
     version: str = Field(min_length=1, description="the policy document's own version")
     # Smallest count released in any cell; the coordinator can only raise it per study.
@@ -121,6 +161,7 @@ class Policy(ConfigModel):
     privacy: PrivacyPolicy = PrivacyPolicy()
     # Hours a study's workspace tables (row-level, in the results place) may stay unused.
     workspace_ttl_hours: float = Field(default=48.0, gt=0, allow_inf_nan=False)
+    fl: FlPolicy = FlPolicy()
 
     @field_validator("researchers")
     @classmethod

@@ -57,6 +57,7 @@ from ehds.analyses.base import (
     AnalysisParameters,
     ComputeContext,
     DisclosureRefusedError,
+    FlRuntime,
     InvalidParametersError,
     JsonObject,
     TaskCancelledError,
@@ -282,8 +283,10 @@ class TaskRunner:
         metrics: NodeMetrics,
         workers: int,
         clock: Callable[[], datetime] = _now,
+        fl: FlRuntime | None = None,
     ) -> None:
         self._state = state
+        self._fl = fl
         self._cdm = cdm
         self._engines = engines
         self._registry = registry
@@ -457,6 +460,7 @@ class TaskRunner:
                     clock=self._clock,
                 ),
                 study_id=task.study_id,
+                fl=self._fl,
             )
             released = analysis.compute(params, context)
             with handle.lock:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn
 
 from ehds.analyses.engine import IbisCdm
+from ehds.node.fl_sessions import FlSessions
 from ehds.node.state import AppliedDecision, NodeState
 from ehds.node.state_schema import Decision
 from ehds.node.workspaces import drop_idle_workspaces
@@ -28,6 +29,7 @@ RETENTION_SWEEP_S: Final = 3600.0
 """How often ended tasks are swept when the policy sets ``retention_days``."""
 
 WORKSPACE_SWEEP_S: Final = 600.0
+FL_SWEEP_S: Final = 300.0
 """How often idle study workspaces are looked for (one indexed query when none is idle)."""
 
 
@@ -106,3 +108,17 @@ async def sweep_workspaces(
                     "workspaces: dropped %d table(s) unused for %g hour(s)", len(dropped), hours
                 )
         await asyncio.sleep(interval)
+
+
+async def stop_idle_fl_workers(sessions: FlSessions, interval: float = FL_SWEEP_S) -> NoReturn:
+    """Stop federated-learning workers that had no message for a while (a study that ended,
+    or one whose coordinator went away); the next message starts one again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            stopped = await asyncio.to_thread(sessions.stop_idle)
+        except Exception:
+            log.exception("stopping idle FL workers failed; trying again later")
+        else:
+            if stopped:
+                log.info("fl: stopped %d idle ClientApp worker(s)", stopped)

@@ -23,6 +23,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ehds.coordinator.errors import ResultsNotReadyError, ResultsPurgedError
+from ehds.coordinator.state.fl_changes import FlChanges
 from ehds.coordinator.state.models import PermitHolderRow, StudyResultRow, StudyRow, TaskRow
 from ehds.coordinator.state.node_changes import HelloOutcome, NodeChanges, ResultOutcome
 from ehds.coordinator.state.permit_changes import PermitChanges
@@ -41,7 +42,7 @@ class StudyPage:
     next_after: int | None
 
 
-class Store(NodeChanges, StudyChanges, PermitChanges):
+class Store(NodeChanges, StudyChanges, PermitChanges, FlChanges):
     """The coordinator's state operations (see the module docstring)."""
 
     # ------------------------------------------------------------------ reads

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ehds.analyses.fl.analysis import is_hosted
 from ehds.audit import payload_digest
 from ehds.coordinator.effects import Effects
 from ehds.coordinator.errors import InvalidStudyError, StudyPermitError
@@ -26,17 +27,15 @@ from ehds.coordinator.state.models import (
     ResultRow,
     StudyResultRow,
     StudyRow,
-    TaskRow,
-    task_id,
 )
 from ehds.coordinator.state.snapshots import analysis_ref, study_model
 from ehds.coordinator.state.transitions import (
     AT_NODE,
     AUDIT_MAX_NAMES,
     COORDINATOR_ACTOR,
-    NOT_CONNECTED,
     OPEN_STUDY_STATES,
     Transitions,
+    new_task,
     researcher_actor,
     study_subject,
 )
@@ -48,7 +47,6 @@ from ehds.federation.model import (
     Study,
     StudySpec,
     StudyState,
-    TaskStage,
 )
 from ehds.permits import Permit, PermitRefusal, PermitRefusedError, check_permit
 
@@ -121,23 +119,7 @@ class StudyChanges(Transitions):
         )
         session.add(study)
         session.flush()  # the study row before its tasks (foreign key)
-        tasks = [
-            TaskRow(
-                task_id=task_id(study.id, name),
-                study_id=study.id,
-                node_name=name,
-                round=0,
-                state=NodeTaskState.NOT_DISPATCHED.name,
-                error_code=ErrorCode.UNSPECIFIED.name,
-                reason=NOT_CONNECTED,
-                vocabulary_version="",
-                stage=TaskStage.UNSPECIFIED.name,
-                fraction=0.0,
-                updated_at=now,
-                cancel_pending=False,
-            )
-            for name in targets
-        ]
+        tasks = [new_task(study.id, name, 0, now) for name in targets]
         session.add_all(tasks)
         session.info.setdefault("studies", {})[study.id] = study
         session.info.setdefault("open_tasks", {})[study.id] = len(tasks)
@@ -321,6 +303,12 @@ class StudyChanges(Transitions):
                 effects.aggregate.add(study.id)
             else:
                 effects.deadlines[study.id] = study.deadline_at
+                # Federated training whose ServerApp this restart ended: start it again (a
+                # study still joining starts it when the join ends, as usual).
+                if is_hosted(self._registry.get(analysis_ref(study))) and (
+                    study.round > 0 or self._open_tasks(session, study) == 0
+                ):
+                    effects.fl_rounds.add(study.id)
         return effects
 
     def purge_ended(self, session: Session, now: datetime, cutoff: datetime, limit: int) -> int:

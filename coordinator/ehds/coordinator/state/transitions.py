@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from ehds.analyses.base import JsonObject, canonical_json
+from ehds.analyses.fl.analysis import is_hosted, node_parameters
 from ehds.analyses.iteration import (
     Finished,
     IterationFailedError,
@@ -153,6 +154,24 @@ def task_subject(task_id: str) -> str:
 def chunks(values: Sequence[str], size: int = IN_CLAUSE_CHUNK) -> Iterable[Sequence[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def new_task(study_id: str, node: str, round_number: int, now: datetime) -> TaskRow:
+    """A task not yet sent: dispatched when its node is connected and offers the analysis."""
+    return TaskRow(
+        task_id=task_id(study_id, node, round_number),
+        study_id=study_id,
+        node_name=node,
+        round=round_number,
+        state=NodeTaskState.NOT_DISPATCHED.name,
+        error_code=ErrorCode.UNSPECIFIED.name,
+        reason=NOT_CONNECTED,
+        vocabulary_version="",
+        stage=TaskStage.UNSPECIFIED.name,
+        fraction=0.0,
+        updated_at=now,
+        cancel_pending=False,
+    )
 
 
 def to_model_ref(ref: AuditRef | None) -> model.AuditRef | None:
@@ -294,14 +313,16 @@ class Transitions:
             task.signature = self._signer.sign(signing_bytes(unsigned))
         return replace(unsigned, signature=task.signature)
 
-    @staticmethod
-    def _task_parameters(study: StudyRow, task: TaskRow) -> bytes:
+    def _task_parameters(self, study: StudyRow, task: TaskRow) -> bytes:
         """The parameter bytes the task's node receives: the study's in round 0, the round's
-        after (only the current round's tasks are ever sent)."""
+        after (only the current round's tasks are ever sent). A hosted (federated-learning)
+        round holds one message per node; each node's task carries its own only."""
         if not task.round:
             return study.parameters
         if task.round != study.round or study.round_parameters is None:
             raise RuntimeError(f"task {task.task_id} is not of its study's current round")
+        if is_hosted(self._registry.get(analysis_ref(study))):
+            return node_parameters(study.round_parameters, task.node_name)
         return study.round_parameters
 
     def _count_ended(self, session: Session, study: StudyRow) -> None:
@@ -642,6 +663,9 @@ class Transitions:
         """Every task of an iterative study's current round has ended: fail the study, start
         the next round, or finish it (see the module docstring)."""
         released = [task for task in tasks if task.state == NodeTaskState.RELEASED.name]
+        if is_hosted(analysis):
+            self._end_hosted_round(session, now, study, tasks, released=released, effects=effects)
+            return
         if study.round == 0:
             problem = (
                 contribution_summary(study, tasks) if len(released) < study.min_nodes else None
@@ -697,6 +721,33 @@ class Transitions:
             effects=effects,
         )
 
+    def _end_hosted_round(
+        self,
+        session: Session,
+        now: datetime,
+        study: StudyRow,
+        tasks: Sequence[TaskRow],
+        *,
+        released: Sequence[TaskRow],
+        effects: Effects,
+    ) -> None:
+        """A federated-learning round ended: its replies go to the study's ServerApp
+        (`Effects.fl_rounds`, once committed), which decides the next round or the end. A node
+        that failed a later round is an error reply to the ServerApp, not the study's end:
+        Flower's strategies decide how many replies they need."""
+        problem: str | None = None
+        if study.round == 0 and len(released) < study.min_nodes:
+            problem = contribution_summary(study, tasks)
+        elif now >= study.deadline_at:
+            problem = "the study's deadline passed during federated training"
+        if problem is not None:
+            self._end_study(
+                session, now, study, state=StudyState.FAILED, reason=problem, effects=effects
+            )
+            return
+        effects.fl_rounds.add(study.id)
+        self._touch(study, now, effects)
+
     def _advance_analysis(
         self,
         study: StudyRow,
@@ -742,23 +793,28 @@ class Transitions:
         study.round += 1
         study.round_parameters = parameters
         study.round_state = state
-        tasks = [
-            TaskRow(
-                task_id=task_id(study.id, contributor.node_name, study.round),
-                study_id=study.id,
-                node_name=contributor.node_name,
-                round=study.round,
-                state=NodeTaskState.NOT_DISPATCHED.name,
-                error_code=ErrorCode.UNSPECIFIED.name,
-                reason=NOT_CONNECTED,
-                vocabulary_version="",
-                stage=TaskStage.UNSPECIFIED.name,
-                fraction=0.0,
-                updated_at=now,
-                cancel_pending=False,
-            )
-            for contributor in sorted(contributors, key=lambda t: t.node_name)
-        ]
+        self._open_round(
+            session,
+            now,
+            study,
+            sorted(contributor.node_name for contributor in contributors),
+            parameters=parameters,
+            effects=effects,
+        )
+
+    def _open_round(
+        self,
+        session: Session,
+        now: datetime,
+        study: StudyRow,
+        nodes: Sequence[str],
+        *,
+        parameters: bytes,
+        effects: Effects,
+    ) -> None:
+        """Create the tasks of the study's (already stored) current round, audit it and
+        dispatch them once committed (`Effects.rounds`)."""
+        tasks = [new_task(study.id, node, study.round, now) for node in nodes]
         session.add_all(tasks)
         session.info.setdefault("open_tasks", {})[study.id] = len(tasks)
         self._audit(

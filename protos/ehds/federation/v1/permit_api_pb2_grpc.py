@@ -5,7 +5,7 @@ import warnings
 
 from ehds.federation.v1 import permit_api_pb2 as ehds_dot_federation_dot_v1_dot_permit__api__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -1,0 +1,1 @@
+"""FedAvg on NumPy arrays, for the ehds.fl tests."""
