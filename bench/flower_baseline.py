@@ -18,9 +18,11 @@ engine, measured in the same run on the same machine. This module is the Flower 
 and reads the per-round timings the ServerApp writes. It always kills every process it (or
 they) started, and every wait is bounded.
 
-Why a virtual environment of its own: flwr 1.42.0 needs protobuf < 7 and this project pins
-protobuf 7, so Flower cannot be imported here. The benchmark creates ``.bench/flower-venv``
-(git-ignored) on first use and only ever talks to Flower through its command-line tools.
+Which Flower: the one installed in the interpreter's own virtual environment (flwr 1.42.0,
+a dependency of ``ehds.fl``), through its command-line tools (``flower-superlink``,
+``flower-supernode``, ``flwr``) found beside this interpreter; ``--venv`` points at another
+environment's tools instead. The version is read from ``flwr --version`` before anything
+starts and printed with the figures (and the ServerApp reports the one it ran under).
 
 Flower 1.42 differs from older Flower in ways that matter here: the SuperLink serves the
 Fleet, Control and Runtime APIs over HTTP(S) on one ``--host``/``--port`` (127.0.0.1 by
@@ -51,7 +53,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import signal
 import socket
 import statistics
@@ -72,26 +73,36 @@ from ehds.pki import Role, init_authority, issue_certificate
 LOG = logging.getLogger("bench.flower_baseline")
 
 FLWR_VERSION = "1.42.0"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
-DEFAULT_VENV = REPO_ROOT / ".bench" / "flower-venv"
+# The environment this interpreter runs in (a venv: its root; else the installation prefix).
+DEFAULT_VENV = Path(sys.prefix)
 CONNECTION = "ehds-bench"  # the SuperLink connection's name in the flwr CLI's config.toml
 LOOPBACK = "127.0.0.1"
 
-# Written into the venv once pip has succeeded: a venv without it is half-built (an
-# interrupted install) and is rebuilt rather than trusted.
-_COMPLETE_MARKER = ".ehds-flower-complete"
-_VENV_TIMEOUT_S = 180.0
-_PIP_TIMEOUT_S = 900.0
 _READY_TIMEOUT_S = 60.0
 _CLI_TIMEOUT_S = 120.0
 _NODE_WAIT_S = 120.0
 _REPLY_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 10.0
+# How long SuperNodes idle, all online, before their memory is read: start-up work is done.
+_IDLE_SETTLE_S = 3.0
 
 
 class FlowerBenchError(RuntimeError):
     """The Flower baseline could not be measured (set-up failed, a process died, a timeout)."""
+
+
+@dataclass(frozen=True)
+class TreeMemory:
+    """Resident memory of one process and of its descendants (bytes), and how many those are."""
+
+    own: int
+    descendants: int
+    descendant_count: int
+
+    @property
+    def total(self) -> int:
+        return self.own + self.descendants
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,10 @@ class FlowerResult:
     ``per_round_seconds`` excludes the warm-up rounds (``warmup_seconds``), whose first
     message makes every SuperNode fetch the run and the FAB. ``launch_seconds`` is the time
     from invoking ``flwr run`` to the ServerApp's ``main`` starting (not part of a round).
-    ``venv_seconds`` is how long creating the Flower venv took, ``None`` when it existed.
+    ``idle_nodes`` (only when asked for) is each SuperNode's resident memory once every
+    SuperNode is online and no run exists: the ``flower-supernode`` process and, apart, the
+    processes it started (its ``flower-superexec``), which belong to an idle node too.
+    ``cli_version`` is what ``flwr --version`` of the tools used printed.
     """
 
     flwr_version: str
@@ -114,7 +128,8 @@ class FlowerResult:
     launch_seconds: float = math.nan
     node_auth: bool = True
     reply_poll_seconds: float = 0.0
-    venv_seconds: float | None = None
+    idle_nodes: list[TreeMemory] = field(default_factory=list)
+    cli_version: str = ""
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -133,7 +148,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-# --- the Flower virtual environment ---------------------------------------------------------
+# --- the Flower installation ---------------------------------------------------------------
 
 
 def venv_bin(venv: Path) -> Path:
@@ -141,52 +156,14 @@ def venv_bin(venv: Path) -> Path:
     return venv / ("Scripts" if os.name == "nt" else "bin")
 
 
-def ensure_flower_venv(venv: Path = DEFAULT_VENV) -> float | None:
-    """Create ``venv`` with flwr==FLWR_VERSION unless it is complete; the seconds it took.
-
-    ``sys.executable -m venv`` rather than whatever ``python3`` is on PATH: this interpreter
-    is known to be one flwr 1.42 supports (it requires >= 3.11, as we do). pip's output goes
-    to a log in the venv, shown in the error if the install fails. Returns ``None`` when
-    nothing was done.
-    """
-    if (venv / _COMPLETE_MARKER).is_file() and (venv_bin(venv) / "flwr").exists():
-        return None
-    if venv.exists():
-        LOG.info("removing the incomplete Flower venv %s", venv)
-        shutil.rmtree(venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    LOG.info("creating the Flower venv %s (flwr==%s)", venv, FLWR_VERSION)
-    _run_checked([sys.executable, "-m", "venv", str(venv)], timeout=_VENV_TIMEOUT_S)
-    python = venv_bin(venv) / "python"
-    install_log = venv / "ehds-pip-install.log"
-    command = [
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        f"flwr=={FLWR_VERSION}",
-    ]
-    with install_log.open("wb") as log:
-        try:
-            completed = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, timeout=_PIP_TIMEOUT_S, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise FlowerBenchError(
-                f"pip install flwr=={FLWR_VERSION} took over {_PIP_TIMEOUT_S:.0f} s"
-            ) from None
-    if completed.returncode != 0:
-        raise FlowerBenchError(
-            f"pip install flwr=={FLWR_VERSION} failed (exit {completed.returncode}):\n"
-            + _tail(install_log)
-        )
-    (venv / _COMPLETE_MARKER).write_text(f"flwr=={FLWR_VERSION}\n", encoding="utf-8")
-    seconds = time.perf_counter() - started
-    LOG.info("Flower venv ready in %.1f s", seconds)
-    return seconds
+def flwr_cli_version(venv: Path = DEFAULT_VENV) -> str:
+    """The version ``flwr --version`` of ``venv`` reports; FlowerBenchError without one."""
+    flwr = venv_bin(venv) / "flwr"
+    if not flwr.exists():
+        raise FlowerBenchError(f"no flwr in {venv_bin(venv)}: install flwr=={FLWR_VERSION} there")
+    output = _run_checked([str(flwr), "--version"], timeout=_CLI_TIMEOUT_S)
+    # "Flower version: 1.42.0"
+    return output.strip().rsplit(maxsplit=1)[-1] if output.strip() else "unknown"
 
 
 def _run_checked(command: Sequence[str], *, timeout: float) -> str:
@@ -228,7 +205,7 @@ def _children_by_parent() -> dict[int, list[int]]:
     return tree
 
 
-def _descendants(roots: Iterable[int]) -> set[int]:
+def descendants(roots: Iterable[int]) -> set[int]:
     """Every living descendant of ``roots`` (not the roots themselves)."""
     tree = _children_by_parent()
     found: set[int] = set()
@@ -239,6 +216,28 @@ def _descendants(roots: Iterable[int]) -> set[int]:
                 found.add(child)
                 stack.append(child)
     return found
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` now (VmRSS), in bytes; 0 when it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_memory(pid: int) -> TreeMemory:
+    """Resident memory of ``pid`` and, apart, of every descendant it has now."""
+    children = descendants([pid])
+    return TreeMemory(
+        own=rss_bytes(pid),
+        descendants=sum(rss_bytes(child) for child in children),
+        descendant_count=len(children),
+    )
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
@@ -320,7 +319,7 @@ class ProcessGroup:
         roots = [process.pid for _, process in self.started if process.poll() is None]
         stopped: set[int] = set()
         for _ in range(20):
-            targets = (set(roots) | _descendants([*roots, *stopped])) - stopped
+            targets = (set(roots) | descendants([*roots, *stopped])) - stopped
             if not targets:
                 break
             for pid in targets:
@@ -453,8 +452,9 @@ def _write_cli_config(flwr_home: Path, address: str, ca: Path) -> None:
 
 
 def _base_env(venv: Path) -> dict[str, str]:
-    """The environment of every Flower process: the Flower venv first on PATH (Flower starts
-    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name), none of ours."""
+    """The environment of every Flower process: ``venv``'s tools first on PATH (Flower starts
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name), and no
+    PYTHONPATH of ours: the app is loaded from the FAB, as Flower does in production."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -485,6 +485,35 @@ def _read_timings(
     return payload
 
 
+def _wait_for_online(group: ProcessGroup, nodes: int, cli_home: Path, tools: Path) -> None:
+    """Return once ``flwr supernode list`` shows ``nodes`` SuperNodes online (bounded)."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    command = [str(tools / "flwr"), "supernode", "list", CONNECTION, "--format", "json"]
+    env = {**group.env, "FLWR_HOME": str(cli_home)}
+    while True:
+        group.check_alive(*(f"supernode-{index + 1:02d}" for index in range(nodes)))
+        try:
+            completed = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=_CLI_TIMEOUT_S,
+                env=env,
+                check=False,
+            )
+            listed = json.loads(completed.stdout or "{}").get("nodes", [])
+        except (subprocess.TimeoutExpired, json.JSONDecodeError):
+            listed = []
+        online = sum(1 for node in listed if node.get("status") == "online")
+        if online >= nodes:
+            return
+        if time.monotonic() > deadline:
+            raise FlowerBenchError(
+                f"{online} of {nodes} SuperNodes online after {_READY_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(0.5)
+
+
 # --- the measurement -------------------------------------------------------------------------
 
 
@@ -497,18 +526,22 @@ def measure_flower_round_trip(
     node_auth: bool = True,
     reply_poll_seconds: float = 0.0,
     venv: Path = DEFAULT_VENV,
+    idle_memory: bool = False,
 ) -> FlowerResult:
     """Time ``rounds`` query-all-nodes round trips through Flower with ``nodes`` SuperNodes.
 
     Everything (PKI, logs, FLWR_HOMEs, the timings file) goes to a new folder inside
     ``workdir``, so one ``workdir`` serves several calls. ``reply_poll_seconds`` 0 is Flower's
     own ``Grid.send_and_receive``; a positive value pulls replies that often instead (to
-    show what the 3 s pull interval costs). Raises :class:`FlowerBenchError` when the run
-    cannot be measured; every process started is killed whatever happens.
+    show what the 3 s pull interval costs). ``idle_memory`` first waits until the SuperLink
+    lists every SuperNode online, lets them idle ``_IDLE_SETTLE_S`` and reads their resident
+    memory (see :class:`FlowerResult`), before any run exists. Raises
+    :class:`FlowerBenchError` when the run cannot be measured; every process started is
+    killed whatever happens.
     """
     if nodes < 1 or rounds < 1 or warmup_rounds < 0:
         raise ValueError("need nodes >= 1, rounds >= 1, warmup_rounds >= 0")
-    venv_seconds = ensure_flower_venv(venv)
+    cli_version = flwr_cli_version(venv)
     workdir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"flower-{nodes}n-", dir=workdir))
     log_dir = folder / "logs"
@@ -615,6 +648,16 @@ def measure_flower_round_trip(
             commands.append(shlex.join(supernode))
             group.start(f"supernode-{index + 1:02d}", supernode, env=home(f"node-{index + 1:02d}"))
 
+        idle_nodes: list[TreeMemory] = []
+        if idle_memory:
+            _wait_for_online(group, nodes, cli_home, tools)
+            time.sleep(_IDLE_SETTLE_S)
+            idle_nodes = [
+                tree_memory(process.pid)
+                for name, process in group.started
+                if name.startswith("supernode-")
+            ]
+
         commands.append(shlex.join(flwr_run))
         run_invoked = time.time()
         group.run("flwr-run", flwr_run, timeout=_CLI_TIMEOUT_S, env={"FLWR_HOME": str(cli_home)})
@@ -645,7 +688,8 @@ def measure_flower_round_trip(
         launch_seconds=float(payload["serverapp_started_at"]) - run_invoked,
         node_auth=node_auth,
         reply_poll_seconds=reply_poll_seconds,
-        venv_seconds=venv_seconds,
+        idle_nodes=idle_nodes,
+        cli_version=cli_version,
     )
 
 
@@ -665,9 +709,14 @@ def format_result(result: FlowerResult) -> str:
         "  rounds (s): " + ", ".join(f"{seconds:.3f}" for seconds in result.per_round_seconds),
         "  warm-up (s): " + (", ".join(f"{s:.3f}" for s in result.warmup_seconds) or "none"),
         f"  flwr run -> ServerApp started: {result.launch_seconds:.1f} s",
+        f"  flwr --version: {result.cli_version or 'not read'}",
     ]
-    if result.venv_seconds is not None:
-        lines.append(f"  Flower venv created in {result.venv_seconds:.1f} s")
+    if result.idle_nodes:
+        totals = [memory.total for memory in result.idle_nodes]
+        lines.append(
+            f"  idle SuperNode RSS (supernode + superexec): median "
+            f"{statistics.median(totals) / 2**20:.1f} MiB, max {max(totals) / 2**20:.1f} MiB"
+        )
     lines.append("  command lines:")
     lines += [f"    {command}" for command in result.command_lines]
     return "\n".join(lines)
@@ -691,6 +740,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="0: Flower's send_and_receive (3 s poll); > 0: pull replies this often",
     )
     parser.add_argument("--workdir", type=Path, help="keep PKI, logs and timings here")
+    parser.add_argument(
+        "--venv", type=Path, default=DEFAULT_VENV, help="the environment whose Flower tools run"
+    )
+    parser.add_argument(
+        "--idle-memory", action="store_true", help="read idle SuperNodes' memory before the run"
+    )
     args = parser.parse_args(argv)
     # SIGTERM's default action skips the finally that kills the Flower processes (they run
     # in sessions of their own, so nothing else would): make it an exit instead.
@@ -707,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_rounds=args.warmup_rounds,
             node_auth=not args.no_node_auth,
             reply_poll_seconds=args.reply_poll_seconds,
+            venv=args.venv,
+            idle_memory=args.idle_memory,
         )
     print(format_result(result))
     return 0

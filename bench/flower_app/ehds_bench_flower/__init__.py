@@ -1,1 +1,1 @@
-"""A trivial count query over Flower's deployment engine, for bench/flower_baseline.py."""
+"""A trivial count query, for bench/flower_baseline.py (Flower's engine) and bench/bench_fl.py."""
