@@ -4,6 +4,8 @@ only, and the ``aggregate: count`` feature against its own SQL."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,19 @@ SINUSITIS_COUNT = {
 }
 
 
+EMPTY_ZIP = b"PK\x05\x06" + b"\x00" * 18
+"""A bundle's bytes are irrelevant to the extract; the parameters need one."""
+
+
 def fl_parameters(covariates: list[dict[str, Any]]) -> FlParameters:
     return FlParameters.model_validate(
         {
-            "app": {"name": "ehds-logreg", "version": "1.0.0", "sha256": "0" * 64},
+            "app": {
+                "name": "ehds-logreg",
+                "version": "1.0.0",
+                "sha256": hashlib.sha256(EMPTY_ZIP).hexdigest(),
+                "fab": base64.b64encode(EMPTY_ZIP).decode(),
+            },
             "target": LOGISTIC["target"],
             "outcome": LOGISTIC["outcome"],
             "covariates": covariates,

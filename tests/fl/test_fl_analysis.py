@@ -67,6 +67,7 @@ def test_a_bundle_whose_digest_differs_from_the_stated_one_is_refused() -> None:
         ({"strategy": "scaffold"}, "strategy"),
         ({"run_config": {"bad key!": 1}}, "run_config"),
         ({"privacy": {"noise_multiplier": 0, "clipping_norm": 1}}, "privacy"),
+        ({"covariates": [{"kind": "age", "name": "y"}]}, "called 'y'"),
     ],
 )
 def test_bad_parameters_are_named(change: dict[str, Any], where: str) -> None:

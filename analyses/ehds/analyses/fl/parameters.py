@@ -108,6 +108,8 @@ class FlParameters(AnalysisParameters):
     def _binary_outcome(self) -> Self:
         if self.outcome.cohort is None or self.outcome.measurement_concept_ids is not None:
             raise ValueError("an fl study's outcome is outcome.cohort (a binary outcome)")
+        if "y" in self.feature_names:
+            raise ValueError("a feature may not be called 'y' (the extract's outcome column)")
         for key in self.run_config:
             if not RUN_CONFIG_KEY.fullmatch(key):
                 raise ValueError(f"run_config key {key!r} is not a Flower config key")
