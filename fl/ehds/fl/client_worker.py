@@ -23,30 +23,17 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ehds.fl.bundle import BundleError, fab_digest, read_app_info, unpack_fab
-from ehds.fl.frames import encode_frame, read_frame, write_frame
+from ehds.fl.frames import encode_frame, frame_channel, read_frame, write_frame
 from ehds.fl.isolation import isolate
 
 _log = logging.getLogger("ehds.fl.client_worker")
 EXIT_REFUSED = 3
 EXIT_FAILED = 1
-
-
-def _frame_channel() -> tuple[BinaryIO, BinaryIO]:
-    """stdin for frames in; a private copy of stdout for frames out, stdout itself -> stderr.
-
-    Anything the app prints (or a library logs to stdout) then lands in the log, never in
-    the middle of a frame.
-    """
-    frames_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return sys.stdin.buffer, frames_out
 
 
 def _user_config(value: Any) -> dict[str, bool | int | float | str]:
@@ -128,7 +115,7 @@ def _serve(frames_in: BinaryIO, frames_out: BinaryIO, start: dict[str, Any]) -> 
 def main() -> int:
     """Isolate, check the digest, unpack, load, serve."""
     isolation = isolate()
-    frames_in, frames_out = _frame_channel()
+    frames_in, frames_out = frame_channel()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     start = read_frame(frames_in)
     if start is None:

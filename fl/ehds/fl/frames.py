@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -105,3 +107,13 @@ async def write_frame_async(writer: asyncio.StreamWriter, frame: Mapping[str, An
     """The asyncio twin of write_frame (waits for the transport to drain)."""
     writer.write(encode_frame(frame))
     await writer.drain()
+
+
+def frame_channel() -> tuple[BinaryIO, BinaryIO]:
+    """For a child process fed over stdin/stdout: stdin for frames in, a private copy of
+    stdout for frames out, and stdout itself pointed at stderr, so that anything an app
+    prints (or a library logs to stdout) lands in the log, never in the middle of a frame."""
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return sys.stdin.buffer, frames_out

@@ -20,28 +20,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ehds.fl.frames import read_frame, write_frame
+from ehds.fl.frames import frame_channel, read_frame, write_frame
 from ehds.fl.isolation import isolate
 
 _log = logging.getLogger("ehds.fl.server_process")
 MODEL_KEY = "ehds.model"
 STATE_PREFIX = "ehds."
 MAX_REASON_CHARS = 500
-
-
-def _frame_channel() -> tuple[BinaryIO, BinaryIO]:
-    """stdin for frames in; a private copy of stdout for frames out, stdout itself -> stderr."""
-    frames_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return sys.stdin.buffer, frames_out
 
 
 def _user_config(value: Any) -> dict[str, bool | int | float | str]:
@@ -185,7 +176,7 @@ def run_server_app(
 def main() -> int:
     """Isolate, read the start frame, run the ServerApp, report done or failed."""
     isolation = isolate()
-    frames_in, frames_out = _frame_channel()
+    frames_in, frames_out = frame_channel()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     start = read_frame(frames_in)
     if start is None:
