@@ -18,6 +18,7 @@ from ehds.cli import (
     cohort_command,
     coordinator_commands,
     demo_command,
+    etl_commands,
     fl_commands,
     node_commands,
     omop_commands,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort_command.register(areas)
     demo_command.register(areas)
     fl_commands.register(areas)
+    etl_commands.register(areas)
     return parser
 
 

@@ -5,31 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ehds.omop.database import CdmDatabase
-from ehds.omop.schema.layout import SchemaNames
-
-
-def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        required=True,
-        help="target database: duckdb:///FILE, a FILE.duckdb path, or postgresql://USER@HOST/DB",
-    )
-    parser.add_argument("--cdm-schema", default="cdm", help="schema of the clinical tables")
-    parser.add_argument("--vocab-schema", default="vocab", help="schema of the vocabulary")
-    parser.add_argument("--results-schema", default="results", help="schema for cohorts")
-
-
-def _db(args: argparse.Namespace) -> CdmDatabase:
-    schemas = SchemaNames(args.cdm_schema, args.vocab_schema, args.results_schema)
-    return CdmDatabase.parse(args.db, schemas)
+from ehds.cli.db_arguments import add_db_arguments, db_from_args
 
 
 def _load(args: argparse.Namespace) -> int:
     from ehds.omop.loader import load_cdm
 
     report = load_cdm(
-        Path(args.source), _db(args), renumber_duplicate_keys=args.renumber_duplicate_keys
+        Path(args.source), db_from_args(args), renumber_duplicate_keys=args.renumber_duplicate_keys
     )
     print(report.render())
     return 0
@@ -38,7 +21,7 @@ def _load(args: argparse.Namespace) -> int:
 def _vocab_load(args: argparse.Namespace) -> int:
     from ehds.omop.vocabulary import load_vocabulary
 
-    report = load_vocabulary(Path(args.source), _db(args))
+    report = load_vocabulary(Path(args.source), db_from_args(args))
     print(report.render())
     return 0
 
@@ -49,7 +32,7 @@ def _synth(args: argparse.Namespace) -> int:
     options = SynthOptions(
         persons=args.persons, seed=args.seed, profile=args.profile, id_offset=args.id_offset
     )
-    report = generate(_db(args), options)
+    report = generate(db_from_args(args), options)
     print(report.render())
     return 0
 
@@ -57,7 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from ehds.omop.install import create_empty_cdm
 
-    db = _db(args)
+    db = db_from_args(args)
     tables = create_empty_cdm(db)
     print(f"{len(tables)} OMOP CDM v5.4 tables present in {db.describe()}")
     return 0
@@ -66,7 +49,7 @@ def _init(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from ehds.omop.profile import profile_cdm
 
-    print(profile_cdm(_db(args)).render())
+    print(profile_cdm(db_from_args(args)).render())
     return 0
 
 
@@ -75,7 +58,7 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     commands = omop.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create an empty CDM (all 39 tables, 3 schemas)")
-    _add_db(init)
+    add_db_arguments(init)
     init.set_defaults(handler=_init)
 
     load = commands.add_parser(
@@ -89,14 +72,14 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="keep rows whose integer primary key repeats an earlier row's, with a fresh id "
         "(for broken public extracts such as Eunomia GiBleed); the default refuses them",
     )
-    _add_db(load)
+    add_db_arguments(load)
     load.set_defaults(handler=_load)
 
     vocab = commands.add_parser("vocab", help="OMOP standardized vocabularies")
     vocab_commands = vocab.add_subparsers(dest="vocab_command", required=True, metavar="COMMAND")
     vocab_load = vocab_commands.add_parser("load", help="load an OHDSI Athena download")
     vocab_load.add_argument("--from", dest="source", required=True, metavar="DIR|ZIP")
-    _add_db(vocab_load)
+    add_db_arguments(vocab_load)
     vocab_load.set_defaults(handler=_vocab_load)
 
     synth = commands.add_parser("synth", help="generate a synthetic CDM for a country profile")
@@ -109,11 +92,11 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0,
         help="added to every generated id, so that several nodes hold disjoint ids",
     )
-    _add_db(synth)
+    add_db_arguments(synth)
     synth.set_defaults(handler=_synth)
 
     profile = commands.add_parser(
         "profile", help="record counts, persons by sex and age band, date ranges, versions"
     )
-    _add_db(profile)
+    add_db_arguments(profile)
     profile.set_defaults(handler=_profile)
