@@ -208,3 +208,49 @@ def test_athena_folder_into_postgres(athena: Path, fresh_postgres_url: str) -> N
     db = CdmDatabase.parse(fresh_postgres_url)
     load_vocabulary(athena, db)
     check_loaded(db, athena)
+
+
+SYNTHEA_ZIP = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "data"
+    / "synthea27nj-omop54"
+    / "Synthea27Nj_5.4.zip"
+)
+
+
+def test_cdm_dialect_vocabulary_from_a_cdm_extract(tmp_path: Path) -> None:
+    """A CDM extract (comma-separated, quoted, ISO dates, upper-case names, clinical files
+    beside the vocabulary): the dialect is detected and only the vocabulary is loaded."""
+    if not SYNTHEA_ZIP.is_file():
+        pytest.skip(f"Synthea27Nj extract not found at {SYNTHEA_ZIP}")
+    db = CdmDatabase.parse(str(tmp_path / "node.duckdb"))
+    report = load_vocabulary(SYNTHEA_ZIP, db)
+    assert report.title == "vocabulary load (CDM dialect)"
+    loaded = {t.table: t.rows_loaded for t in report.tables}
+    assert loaded["concept"] == 2_294
+    assert loaded["concept_relationship"] == 266_588
+    assert "person" in report.skipped
+    assert "concept" not in report.skipped
+    assert query(
+        db,
+        f"SELECT concept_id, standard_concept, valid_start_date FROM {db.qualified('concept')} "
+        "WHERE vocabulary_id = 'SNOMED' AND concept_code = '44054006'",
+    ) == [(201826, "S", dt.date(2002, 1, 31))]
+
+
+def test_cdm_dialect_folder_with_lower_case_names(tmp_path: Path) -> None:
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    (folder / "concept.csv").write_text(
+        "concept_id,concept_name,domain_id,vocabulary_id,concept_class_id,standard_concept,"
+        "concept_code,valid_start_date,valid_end_date,invalid_reason\n"
+        '8507,"MALE, as ""M""",Gender,Gender,Gender,S,M,1970-01-01,2099-12-31,\n',
+        encoding="utf-8",
+    )
+    (folder / "person.csv").write_text("person_id\n1\n", encoding="utf-8")
+    db = CdmDatabase.parse(str(tmp_path / "node.duckdb"))
+    load_vocabulary(folder, db)
+    assert query(db, f"SELECT concept_id, concept_name FROM {db.qualified('concept')}") == [
+        (8507, 'MALE, as "M"')
+    ]

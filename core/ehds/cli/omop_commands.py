@@ -53,8 +53,32 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dq(args: argparse.Namespace) -> int:
+    import json
+
+    from ehds.omop.dq import run_dq
+
+    report = run_dq(db_from_args(args), only=args.check or None)
+    if args.format == "json":
+        text = json.dumps(report.to_dqd_json(), indent=2) + "\n"
+    elif args.format == "html":
+        text = report.render_html()
+    else:
+        text = report.render_table() + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(report.summary())
+        print(f"{args.format} report written to {args.out}")
+    else:
+        print(text, end="")
+    failing = {"none": [], "any": report.failed(), "conformance": report.failed("conformance")}
+    return 1 if failing[args.fail_on] else 0
+
+
 def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    omop = areas.add_parser("omop", help="OMOP CDM v5.4: load, vocabulary, synthesize, profile")
+    omop = areas.add_parser(
+        "omop", help="OMOP CDM v5.4: load, vocabulary, synthesize, profile, data quality"
+    )
     commands = omop.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create an empty CDM (all 39 tables, 3 schemas)")
@@ -100,3 +124,24 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_db_arguments(profile)
     profile.set_defaults(handler=_profile)
+
+    dq = commands.add_parser(
+        "dq",
+        help="data-quality checks (OHDSI DQD style): conformance, completeness, plausibility",
+    )
+    dq.add_argument("--format", choices=["table", "json", "html"], default="table")
+    dq.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
+    dq.add_argument(
+        "--fail-on",
+        choices=["none", "conformance", "any"],
+        default="none",
+        help="exit 1 when a check of this kind fails (default: none, exit 0)",
+    )
+    dq.add_argument(
+        "--check",
+        action="append",
+        metavar="NAME",
+        help="run only this check (DQD name, e.g. isForeignKey); repeatable",
+    )
+    add_db_arguments(dq)
+    dq.set_defaults(handler=_dq)

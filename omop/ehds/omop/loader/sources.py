@@ -251,3 +251,37 @@ def _parquet_table(table: str, origin: str, files: list[tuple[Path, str]]) -> Pa
         conn.close()
     columns = [SourceColumn(str(row[0]), str(row[1])) for row in described]
     return ParquetTable(table, origin, files, columns)
+
+
+def first_csv_line(path: Path, tables: Iterable[str]) -> str | None:
+    """The first line of the first CSV file (in ``tables`` order) of a folder or zip, found
+    by case-insensitive table name, or None (no such file, or another kind of source).
+    Only that line is read: callers use it to tell CSV dialects apart."""
+    wanted = [t.lower() for t in tables]
+    found: dict[str, Path | tuple[Path, str]] = {}
+    if path.is_dir() and not parquet_layout.is_layout(path):
+        for child in _folder_files(path):
+            stem, _, suffix = child.shown.lower().rpartition(".")
+            if suffix == "csv" and stem in wanted:
+                found.setdefault(stem, child.path)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zipped:
+            for info in zipped.infolist():
+                member = PurePosixPath(info.filename)
+                if info.is_dir() or _is_clutter(member.parts):
+                    continue
+                stem, _, suffix = member.name.lower().rpartition(".")
+                if suffix == "csv" and stem in wanted:
+                    found.setdefault(stem, (path, info.filename))
+    for table in wanted:
+        where = found.get(table)
+        if where is None:
+            continue
+        if isinstance(where, Path):
+            with where.open("rb") as handle:
+                raw = handle.readline(1 << 20)
+        else:
+            with zipfile.ZipFile(where[0]) as zipped, zipped.open(where[1]) as handle:
+                raw = handle.readline(1 << 20)
+        return raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    return None

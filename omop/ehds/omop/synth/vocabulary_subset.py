@@ -23,6 +23,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from ehds.omop.bulk import bulk_writer
+from ehds.omop.database import CdmDatabase, tables_of
+from ehds.omop.schema.layout import Tier
+
 DATA_FILE = "vocabulary_subset.json"
 
 _SCHEMAS: Mapping[str, pa.Schema] = {
@@ -106,3 +110,20 @@ def load_vocabulary_subset() -> VocabularySubset:
         for name, body in document["tables"].items()
     }
     return VocabularySubset(tables, str(document["about"]["vocabulary_version"]))
+
+
+def install_vocabulary_subset(db: CdmDatabase) -> dict[str, int]:
+    """Replace ``db``'s vocabulary tier with the subset; create the other tables if missing.
+
+    For a CDM built by a connector rather than by the generator (the demo's FHIR-fed node):
+    the subset's standard SNOMED and RxNorm concepts map the source codes they cover, and its
+    hierarchy lets the demo's cohorts run there as on a synthetic node. One transaction."""
+    subset = load_vocabulary_subset()
+    rows: dict[str, int] = {}
+    with bulk_writer(db) as writer:
+        writer.replace_tables(tables_of([Tier.VOCAB]))
+        writer.ensure_tables(tables_of([Tier.CDM, Tier.RESULTS]))
+        for name, table in subset.tables.items():
+            writer.insert_arrow(name, table)
+            rows[name] = table.num_rows
+    return rows
