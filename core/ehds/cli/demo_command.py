@@ -29,6 +29,8 @@ STUDY_TIMEOUT_S = 300.0
 HELD_NODE = "node-fi"
 HELD_ANALYSIS = "incidence"
 """The node whose policy holds one analysis's results for its operator's release."""
+FHIR_NODE = "node-dk"
+"""The node `ehds demo --fhir DIR` feeds from a FHIR export instead of the generator."""
 RELEASED_BY = "fi-data-steward"
 
 
@@ -334,12 +336,18 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         analyses=DEMO_ANALYSES,
         manual_release={HELD_NODE: [HELD_ANALYSIS]},
+        fhir_sources={FHIR_NODE: args.fhir} if args.fhir is not None else None,
     )
     (root / "cohort-type2-diabetes.yaml").write_text(
         yaml.safe_dump(DEMO_COHORT["yaml"], sort_keys=False), encoding="utf-8"
     )
     _say(f"      CA, certificates for coordinator, {', '.join(federation.nodes)}, researcher")
-    _say(f"      a synthetic OMOP CDM per node ({args.persons:,} persons each, DuckDB)")
+    if args.fhir is None:
+        _say(f"      a synthetic OMOP CDM per node ({args.persons:,} persons each, DuckDB)")
+    else:
+        synthetic = ", ".join(n for n in federation.nodes if n != FHIR_NODE)
+        _say(f"      a synthetic OMOP CDM for {synthetic} ({args.persons:,} persons each, DuckDB)")
+        _say(f"      {FHIR_NODE}'s CDM mapped from the FHIR export {args.fhir} (ehds etl fhir)")
     _say(
         f"      HDAB key {federation.hdab_public_key.name}, pinned in every node's policy.yaml;"
         f" {HELD_NODE} holds {HELD_ANALYSIS} results for its operator's release"
@@ -468,6 +476,13 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--fl",
         action="store_true",
         help="train a model with Flower across the nodes instead of the analytics studies",
+    )
+    demo.add_argument(
+        "--fhir",
+        type=Path,
+        metavar="DIR",
+        help=f"feed {FHIR_NODE} from this FHIR R4 bulk export (NDJSON, gzip or not, or Bundles) "
+        "through the FHIR connector instead of the synthetic generator",
     )
     demo.add_argument("--fl-rounds", type=int, default=5, help="Flower rounds (with --fl)")
     demo.set_defaults(handler=_demo)

@@ -39,20 +39,33 @@ def add_etl_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the temporary stage folder goes (default: the system temp folder)",
     )
+    parser.add_argument(
+        "--dq",
+        choices=("summary", "none"),
+        default="summary",
+        help="after the load, run the data-quality checks (ehds omop dq) and print their summary "
+        "(default); none: skip them",
+    )
 
 
 def run_connector_from_args(connector: Connector, args: argparse.Namespace) -> int:
-    """Run ``connector`` as the options say, print the report; exit status 0."""
+    """Run ``connector`` as the options say, print its report and the data-quality summary."""
     from ehds.connectors.connector import run_connector
 
+    db = db_from_args(args)
     report = run_connector(
         connector,
-        db_from_args(args),
+        db,
         mode=args.mode,
         id_offset=args.id_offset,
         work_dir=getattr(args, "work_dir", None),
     )
     print(report.render())
+    if args.dq == "summary":
+        from ehds.omop.dq import run_dq
+
+        print(run_dq(db).summary())
+        print(f"details: ehds omop dq --db {db.describe()} --format table|json|html")
     if args.report_json is not None:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(

@@ -280,6 +280,7 @@ def prepare(
     manual_release: Mapping[str, Sequence[str]] | None = None,
     permit_nodes: Sequence[str] = (),
     policy_extra: Mapping[str, Mapping[str, Any]] | None = None,
+    fhir_sources: Mapping[str, Path] | None = None,
 ) -> LocalFederation:
     """Create CA, certificates, country CDMs and configuration files under ``root`` (emptied).
 
@@ -299,6 +300,10 @@ def prepare(
     the analyses ``manual_release`` names for a node (``{"node-fi": ["incidence"]}``), which wait
     for that node's operator (`ehds node review release`). ``permit_nodes`` adds nodes the
     permit covers beyond the federation's own (nodes a benchmark starts by other means).
+
+    ``fhir_sources`` feeds a node (``{"node-fi": Path("export/")}``) from a FHIR R4 bulk export
+    through the FHIR connector (``ehds etl fhir``) instead of the synthetic generator; its
+    vocabulary is the generator's subset, so the demo's cohorts run there too.
     """
     from ehds.core.signing import Signer
     from ehds.omop.database import CdmDatabase
@@ -369,7 +374,9 @@ def prepare(
         cdm = folder / f"cdm-{country}.duckdb"
         profile = cdm_profile or country
         cached = cdm_cache / f"{profile}-{persons}-{seed}.duckdb" if cdm_cache is not None else None
-        if cached is not None and cached.exists():
+        if fhir_sources and name in fhir_sources:
+            _fhir_cdm(fhir_sources[name], cdm, COUNTRY_OFFSETS.get(profile, 0))
+        elif cached is not None and cached.exists():
             shutil.copyfile(cached, cdm)
         else:
             generate(
@@ -457,6 +464,18 @@ def prepare(
         hdab_public_key=hdab_public_key,
         permit_file=permit_file,
     )
+
+
+def _fhir_cdm(source: Path, cdm: Path, id_offset: int) -> None:
+    """A node CDM mapped from a FHIR export, exactly as an operator would build it."""
+    from ehds.connectors.connector import run_connector
+    from ehds.connectors.fhir.connector import FhirConnector
+    from ehds.omop.database import CdmDatabase
+    from ehds.omop.synth.vocabulary_subset import install_vocabulary_subset
+
+    db = CdmDatabase.parse(str(cdm))
+    install_vocabulary_subset(db)
+    run_connector(FhirConnector([source]), db, id_offset=id_offset)
 
 
 def _node_cdm(engine: str, cdm: Path, folder: Path, postgres_url: str | None) -> dict[str, Any]:
