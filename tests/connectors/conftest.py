@@ -11,12 +11,82 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from ehds.omop.bulk import bulk_writer
 from ehds.omop.database import CdmDatabase
 from ehds.omop.schema.layout import CDM_TABLES, RESULTS_TABLES
 from ehds.omop.vocabulary import load_vocabulary
+
+# Standard concepts every Athena download has but the Synthea27Nj shard lacks (concept 0, genders,
+# races, ethnicities, visit and type concepts the connectors write): added so that the
+# data-quality foreign-key checks judge the mapping, not the shard's gaps.
+ATHENA_BASICS = (
+    (0, "No matching concept", "Metadata", "None", "Undefined", None, "No matching concept"),
+    (8507, "MALE", "Gender", "Gender", "Gender", "S", "M"),
+    (8532, "FEMALE", "Gender", "Gender", "Gender", "S", "F"),
+    (8515, "Asian", "Race", "Race", "Race", "S", "2"),
+    (8516, "Black or African American", "Race", "Race", "Race", "S", "3"),
+    (8527, "White", "Race", "Race", "Race", "S", "5"),
+    (8557, "Native Hawaiian or Other Pacific Islander", "Race", "Race", "Race", "S", "4"),
+    (8657, "American Indian or Alaska Native", "Race", "Race", "Race", "S", "1"),
+    (38003563, "Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "S", "Hispanic"),
+    (
+        38003564,
+        "Not Hispanic or Latino",
+        "Ethnicity",
+        "Ethnicity",
+        "Ethnicity",
+        "S",
+        "Not Hispanic",
+    ),
+    (9201, "Inpatient Visit", "Visit", "Visit", "Visit", "S", "IP"),
+    (9202, "Outpatient Visit", "Visit", "Visit", "Visit", "S", "OP"),
+    (9203, "Emergency Room Visit", "Visit", "Visit", "Visit", "S", "ER"),
+    (262, "Emergency Room and Inpatient Visit", "Visit", "Visit", "Visit", "S", "ERIP"),
+    (581458, "Pharmacy visit", "Visit", "CMS Place of Service", "Visit", "S", "01"),
+    (581476, "Home Visit", "Visit", "CMS Place of Service", "Visit", "S", "12"),
+    (722455, "Telehealth", "Visit", "CMS Place of Service", "Visit", "S", "02"),
+    (32810, "Claim", "Type Concept", "Type Concept", "Type Concept", "S", "OMOP4976890"),
+    (
+        32815,
+        "Death Certificate",
+        "Type Concept",
+        "Type Concept",
+        "Type Concept",
+        "S",
+        "OMOP4976895",
+    ),
+    (32817, "EHR", "Type Concept", "Type Concept", "Type Concept", "S", "OMOP4976897"),
+    (
+        32880,
+        "Standard algorithm",
+        "Type Concept",
+        "Type Concept",
+        "Type Concept",
+        "S",
+        "OMOP4976960",
+    ),
+    (
+        32902,
+        "Primary diagnosis",
+        "Condition Status",
+        "Condition Status",
+        "Condition Status",
+        "S",
+        "OMOP4976972",
+    ),
+    (
+        32908,
+        "Secondary diagnosis",
+        "Condition Status",
+        "Condition Status",
+        "Condition Status",
+        "S",
+        "OMOP4976978",
+    ),
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SYNTHEA_ZIP_PARTS = ("synthea27nj-omop54", "Synthea27Nj_5.4.zip")
@@ -42,6 +112,14 @@ def synthea_vocab_db(shared_data: Path, tmp_path_factory: pytest.TempPathFactory
     with bulk_writer(db) as writer:
         writer.ensure_tables([*CDM_TABLES, *RESULTS_TABLES])
     load_vocabulary(archive, db)
+    with duckdb.connect(str(path)) as con:
+        con.executemany(
+            "INSERT INTO vocab.concept (concept_id, concept_name, domain_id, vocabulary_id, "
+            "concept_class_id, standard_concept, concept_code, valid_start_date, valid_end_date) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, DATE '1970-01-01', DATE '2099-12-31' "
+            "WHERE NOT EXISTS (SELECT 1 FROM vocab.concept WHERE concept_id = ?)",
+            [(*row, row[0]) for row in ATHENA_BASICS],
+        )
     return path
 
 

@@ -197,65 +197,9 @@ def test_same_input_same_ids(vocab_db: Path, tmp_path: Path) -> None:
         )
 
 
-# Standard concepts every Athena download has but the Synthea27Nj shard lacks (concept 0, Gender,
-# Type Concept, Visit, Condition Status): added so that DQ's foreign-key checks judge the mapping.
-ATHENA_BASICS = (
-    (0, "No matching concept", "Metadata", "None", "Undefined", None, "No matching concept"),
-    (8507, "MALE", "Gender", "Gender", "Gender", "S", "M"),
-    (8532, "FEMALE", "Gender", "Gender", "Gender", "S", "F"),
-    (262, "Emergency Room and Inpatient Visit", "Visit", "Visit", "Visit", "S", "ERIP"),
-    (581458, "Pharmacy visit", "Visit", "Visit", "Visit", "S", "OMOP4822036"),
-    (32810, "Claim", "Type Concept", "Type Concept", "Type Concept", "S", "OMOP4976900"),
-    (
-        32815,
-        "Death Certificate",
-        "Type Concept",
-        "Type Concept",
-        "Type Concept",
-        "S",
-        "OMOP4976905",
-    ),
-    (
-        32880,
-        "Standard algorithm",
-        "Type Concept",
-        "Type Concept",
-        "Type Concept",
-        "S",
-        "OMOP4976970",
-    ),
-    (
-        32902,
-        "Primary diagnosis",
-        "Condition Status",
-        "Condition Status",
-        "Condition Status",
-        "S",
-        "OMOP4976992",
-    ),
-    (
-        32908,
-        "Secondary diagnosis",
-        "Condition Status",
-        "Condition Status",
-        "Condition Status",
-        "S",
-        "OMOP4976998",
-    ),
-)
-
-
 def test_dq_conformance_checks_pass(vocab_db: Path, tmp_path: Path) -> None:
     from ehds.omop.dq import run_dq
 
-    with duckdb.connect(str(vocab_db)) as con:
-        con.executemany(
-            "INSERT INTO vocab.concept (concept_id, concept_name, domain_id, vocabulary_id, "
-            "concept_class_id, standard_concept, concept_code, valid_start_date, valid_end_date) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, DATE '1970-01-01', DATE '2099-12-31' "
-            "WHERE NOT EXISTS (SELECT 1 FROM vocab.concept WHERE concept_id = ?)",
-            [(*row, row[0]) for row in ATHENA_BASICS],
-        )
     _run(vocab_db, tmp_path)
     report = run_dq(CdmDatabase.parse(str(vocab_db)))
     failed = [
