@@ -8,13 +8,16 @@ rows of the run's distinct codes and their 'Maps to' targets, the matching
 failure anywhere leaves the target exactly as it was:
 
 1. each staged table is read (``read_parquet`` over its parts) and normalized;
-2. new source keys get ids (``etl.id_map``), old keys keep theirs;
-3. tables are resolved in foreign-key order (person before visits before events), each row
+2. the run's distinct source codes are mapped to concepts, and rows of an event table whose
+   standard concept belongs to another event table's domain move there (``domains``);
+3. new source keys get ids (``etl.id_map``), old keys keep theirs;
+4. tables are resolved in foreign-key order (person before visits before events), each row
    either written or quarantined with a reason (``fk.person_missing``, ``key.duplicate``,
    ``omop.required_missing``);
-4. ``replace`` mode drops and re-creates the connector's tables; ``incremental`` deletes the
-   rows of keys staged again, then every mode appends;
-5. rejections (staged and commit-time) go to ``etl.quarantine``, a row to ``etl.run``.
+5. ``replace`` mode drops and re-creates the connector's tables (and deletes the rows earlier
+   runs routed out of them into tables it does not own); ``incremental`` deletes the rows of
+   keys staged again (wherever routing put them before), then every mode appends;
+6. rejections (staged and commit-time) go to ``etl.quarantine``, a row to ``etl.run``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
+from ehds.connectors.domains import (
+    ROUTE,
+    ROUTED_TABLES,
+    kept_sql,
+    main_concept,
+    moved_sql,
+    route_sql,
+    routed_key_prefix,
+)
 from ehds.connectors.etl_store import (
     ID_MAP,
     ID_MAP_SCHEMA,
@@ -53,6 +65,7 @@ from ehds.connectors.report import (
     TOP_UNMAPPED,
     ConceptCounts,
     EtlReport,
+    RoutedCounts,
     SourceCounts,
     TableCounts,
     UnmappedCode,
@@ -83,6 +96,9 @@ _FK_IDS = "__etl_fk_ids"
 _NEW_IDS = "__etl_new_ids"
 _CODES = "__etl_codes"
 _CODE_MAP = "__etl_code_map"
+_RESTAGED = "__etl_restaged"
+_ROUTE_IDS = "__etl_route_ids"
+_DOMAINS = "__etl_domain_concept"
 
 
 class CommitError(InputError):
@@ -95,6 +111,10 @@ def _stg(table: str) -> str:
 
 def _res(table: str) -> str:
     return f"__etl_res_{table}"
+
+
+def _routed(table: str) -> str:
+    return f"__etl_routed_{table}"
 
 
 def _literal(text: str | None) -> str:
@@ -143,14 +163,18 @@ def commit_staging(
                 f"CREATE OR REPLACE TEMP TABLE {_stg(table)} AS "
                 + normalize_sql(table, raw, present, "duckdb")
             )
-        _assign_ids(store, staged, owned, mode=mode, id_offset=id_offset, run_id=run_id)
         _map_codes(store, db, staged)
+        if mode == "incremental":
+            _restaged(store, staged)
+        staged = _route(store, db, staged, report)
+        _assign_ids(store, staged, owned, mode=mode, id_offset=id_offset, run_id=run_id)
         for table in staged:
             _resolve(store, table)
         if mode == "replace":
             writer.replace_tables(owned, defer_primary_keys=True)
+            _delete_routed_before(store, db, owned)
         else:
-            for table in staged:
+            for table in _deletable(staged):
                 _delete_restaged(store, db, table)
         for table in staged:
             columns = omop_columns(table)
@@ -201,8 +225,11 @@ def _assign_ids(
     """Fill ``__etl_ids`` (every key of the run, with its id; new keys written to the id
     map) and ``__etl_fk_ids`` (the keys foreign keys may name before this run's rows)."""
     work = store.workbench
-    involved = sorted({*owned, *(FK_TARGETS[fk] for t in staged for fk in fk_columns(t))})
-    names = ", ".join(_literal(t) for t in involved)
+    involved = {*owned, *staged, *(FK_TARGETS[fk] for t in staged for fk in fk_columns(t))}
+    if involved & set(ROUTED_TABLES):
+        # Routing may have put a key's row in any event table in an earlier run.
+        involved |= set(ROUTED_TABLES)
+    names = ", ".join(_literal(t) for t in sorted(involved))
     store.fetch(
         _IDS,
         f"SELECT table_name, source_key, id FROM {ID_MAP} WHERE table_name IN ({names})",
@@ -332,14 +359,131 @@ def _resolve(store: EtlStore, table: str) -> None:
         )
 
 
+def _restaged(store: EtlStore, staged: list[str]) -> None:
+    """``__etl_restaged``: every (table, key) a staged row may have had in an earlier run,
+    before routing moves it: its key in its table and, for an event table, its routed key
+    in each other event table (its domain may have changed with the vocabulary)."""
+    work = store.workbench
+    work.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_RESTAGED} (table_name VARCHAR, source_key VARCHAR)"
+    )
+    for table in staged:
+        if id_column(table) is None:
+            continue
+        targets = [(table, "")]
+        if table in ROUTED_TABLES:
+            targets += [(t, routed_key_prefix(table)) for t in ROUTED_TABLES if t != table]
+        for target, prefix in targets:
+            work.execute(
+                f"INSERT INTO {_RESTAGED} SELECT {_literal(target)}, {_literal(prefix)} || {KEY} "
+                f"FROM {_stg(table)} WHERE {KEY} IS NOT NULL"
+            )
+
+
+def _deletable(staged: list[str]) -> list[str]:
+    """The tables incremental mode deletes re-staged keys from."""
+    if set(staged) & set(ROUTED_TABLES):
+        return _resolution_order(list({*staged, *ROUTED_TABLES}))
+    return staged
+
+
+def _route(store: EtlStore, db: CdmDatabase, staged: list[str], report: EtlReport) -> list[str]:
+    """Move the staged rows whose standard concept's domain is another event table's to that
+    table (``domains``); return the staged tables after the move."""
+    origins = [t for t in staged if t in ROUTED_TABLES]
+    if not origins:
+        return staged
+    concept = _domain_concepts(store, db, origins)
+    work = store.workbench
+    moves: list[tuple[str, str, int]] = []
+    for table in origins:
+        work.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_routed(table)} AS "
+            + route_sql(
+                table, staged=_stg(table), code_map=_CODE_MAP, concept=concept, dialect="duckdb"
+            )
+        )
+        counts = work.execute(
+            f"SELECT {ROUTE}, count(*) FROM {_routed(table)} WHERE {ROUTE} IS NOT NULL "
+            "GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        moves += [(table, str(target), int(n)) for target, n in counts]
+    for table in dict.fromkeys(origin for origin, _, _ in moves):
+        work.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_stg(table)} AS "
+            + kept_sql(table, _routed(table), "duckdb")
+        )
+    present = set(staged)
+    for origin, target, n in moves:
+        sql = moved_sql(origin, target, _routed(origin), "duckdb")
+        if target in present:
+            work.execute(f"INSERT INTO {_stg(target)} BY NAME {sql}")
+        else:
+            work.execute(f"CREATE OR REPLACE TEMP TABLE {_stg(target)} AS {sql}")
+            present.add(target)
+        report.routed.append(RoutedCounts(origin, target, n))
+    return _resolution_order(list(present))
+
+
+def _domain_concepts(store: EtlStore, db: CdmDatabase, origins: list[str]) -> str:
+    """A relation (concept_id, domain_id, standard_concept) holding at least the concepts the
+    main concept columns of ``origins`` resolve to: the target's concept table for DuckDB,
+    a copy of only those rows for PostgreSQL."""
+    if store.postgres is None:
+        return db.qualified("concept")
+    given = [
+        f"SELECT {quote(main_concept(t), 'duckdb')} AS concept_id FROM {_stg(t)}" for t in origins
+    ]
+    ids = " UNION ".join([f"SELECT concept_id FROM {_CODE_MAP}", *given])
+    store.writer.execute(f"CREATE TEMP TABLE {_ROUTE_IDS} (concept_id BIGINT) ON COMMIT DROP")
+    store.push(
+        _ROUTE_IDS,
+        ["concept_id"],
+        f"SELECT DISTINCT concept_id FROM ({ids}) WHERE concept_id IS NOT NULL AND concept_id <> 0",
+    )
+    store.fetch(
+        _DOMAINS,
+        f"SELECT c.concept_id, c.domain_id, c.standard_concept FROM {db.qualified('concept')} c "
+        f"JOIN {_ROUTE_IDS} k ON k.concept_id = c.concept_id",
+        pa.schema(
+            [
+                ("concept_id", pa.int32()),
+                ("domain_id", pa.string()),
+                ("standard_concept", pa.string()),
+            ]
+        ),
+    )
+    return _DOMAINS
+
+
+def _delete_routed_before(store: EtlStore, db: CdmDatabase, owned: list[str]) -> None:
+    """Replace mode: the rows earlier runs routed out of the owned event tables into event
+    tables this connector does not own (those it owns are re-filled anyway)."""
+    origins = [t for t in owned if t in ROUTED_TABLES]
+    for table in ROUTED_TABLES:
+        if table in owned or not origins:
+            continue
+        own = id_column(table)
+        if own is None:
+            continue
+        prefixes = " OR ".join(
+            f"starts_with(source_key, {_literal(routed_key_prefix(o))})" for o in origins
+        )
+        ids = (
+            f"SELECT id FROM {_IDS} WHERE table_name = {_literal(table)} AND ({prefixes}) "
+            f"AND (table_name, source_key) NOT IN (SELECT table_name, source_key FROM {_NEW_IDS})"
+        )
+        store.delete_ids(db.qualified(table), own, ids)
+
+
 def _delete_restaged(store: EtlStore, db: CdmDatabase, table: str) -> None:
     own = id_column(table)
     if own is not None:
         # Only keys committed before: a new key's id is above every id of the table.
         ids = (
             f"SELECT id FROM {_IDS} WHERE table_name = {_literal(table)} AND source_key IN "
-            f"(SELECT {KEY} FROM {_stg(table)}) AND (table_name, source_key) NOT IN "
-            f"(SELECT table_name, source_key FROM {_NEW_IDS})"
+            f"(SELECT source_key FROM {_RESTAGED} WHERE table_name = {_literal(table)}) "
+            f"AND (table_name, source_key) NOT IN (SELECT table_name, source_key FROM {_NEW_IDS})"
         )
         store.delete_ids(db.qualified(table), own, ids)
     elif "person_id" in omop_columns(table):

@@ -4,7 +4,9 @@ Three views, all counts: per **source type** (records read, rejections by reason
 connector staged them), per **OMOP table** (rows staged, written, rejected at commit by reason,
 optional foreign keys left NULL by reason) and per **concept column** (rows with a source code,
 rows mapped to a standard concept, the unmapped rate and the 20 most frequent unmapped
-(vocabulary, code) pairs, which is what a partner's mapping team works through). Codes are
+(vocabulary, code) pairs, which is what a partner's mapping team works through), plus the rows
+moved to another table by the domain of their concept (``routed``, per origin and target;
+a table's ``staged`` counts its rows after that move). Codes are
 vocabulary codes, never patient values; the report holds no row-level data.
 """
 
@@ -51,6 +53,15 @@ class ConceptCounts:
 
 
 @dataclass
+class RoutedCounts:
+    """Staged rows that the domain of their standard concept moved to another table."""
+
+    from_table: str
+    to_table: str
+    rows: int
+
+
+@dataclass
 class EtlReport:
     run_id: int
     connector: str
@@ -60,6 +71,7 @@ class EtlReport:
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     tables: dict[str, TableCounts] = field(default_factory=dict)
     concepts: list[ConceptCounts] = field(default_factory=list)
+    routed: list[RoutedCounts] = field(default_factory=list)
     seconds: float = 0.0
 
     def rejected_total(self) -> int:
@@ -109,6 +121,11 @@ class EtlReport:
                 ]
             )
         lines += _table(rows)
+        if self.routed:
+            lines.append(
+                "routed by domain: "
+                + ", ".join(f"{r.from_table} -> {r.to_table} {r.rows:,}" for r in self.routed)
+            )
         mapped = [c for c in self.concepts if c.with_code]
         if mapped:
             lines.append("")
