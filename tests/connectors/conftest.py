@@ -48,6 +48,10 @@ ATHENA_BASICS = (
     (581458, "Pharmacy visit", "Visit", "CMS Place of Service", "Visit", "S", "01"),
     (581476, "Home Visit", "Visit", "CMS Place of Service", "Visit", "S", "12"),
     (722455, "Telehealth", "Visit", "CMS Place of Service", "Visit", "S", "02"),
+    (4171756, "<", "Meas Value Operator", "SNOMED", "Qualifier Value", "S", "276139006"),
+    (4171754, "<=", "Meas Value Operator", "SNOMED", "Qualifier Value", "S", "276137008"),
+    (4171755, ">=", "Meas Value Operator", "SNOMED", "Qualifier Value", "S", "276140008"),
+    (4172704, ">", "Meas Value Operator", "SNOMED", "Qualifier Value", "S", "276138003"),
     (32810, "Claim", "Type Concept", "Type Concept", "Type Concept", "S", "OMOP4976890"),
     (
         32815,

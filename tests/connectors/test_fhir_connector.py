@@ -36,6 +36,33 @@ def _all(db: Path, sql: str) -> list[tuple[object, ...]]:
         return [tuple(row) for row in connection.execute(sql).fetchall()]
 
 
+EVENT_TABLES = (
+    "condition_occurrence",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "drug_exposure",
+    "device_exposure",
+)
+
+
+def _rows_from(db: Path, resource_type: str, tables: tuple[str, ...] = EVENT_TABLES) -> int:
+    """Rows written from resources of ``resource_type`` into ``tables``, wherever the domain
+    of their concept put them (id-map key ``Type/id``, or ``origin:Type/id`` once routed)."""
+    total = 0
+    for table in tables:
+        (n,) = _one(
+            db,
+            f"SELECT count(*) FROM cdm.{table} t JOIN etl.id_map m "
+            f"ON m.table_name = '{table}' AND m.id = t.{table}_id "
+            "WHERE m.source_key LIKE ? OR m.source_key LIKE ?",
+            f"{resource_type}/%",
+            f"%:{resource_type}/%",
+        )
+        total += int(str(n))
+    return total
+
+
 def _id_of(db: Path, table: str, key: str) -> int:
     (value,) = _one(
         db, "SELECT id FROM etl.id_map WHERE table_name = ? AND source_key = ?", table, key
@@ -102,7 +129,9 @@ def test_measurements_with_units(loaded: Path) -> None:
     rows = _all(
         loaded,
         "SELECT measurement_concept_id, value_as_number, unit_concept_id, measurement_date "
-        f"FROM cdm.measurement WHERE person_id = {person} ORDER BY measurement_concept_id",
+        "FROM cdm.measurement JOIN etl.id_map m ON m.table_name = 'measurement' "
+        "AND m.id = measurement_id AND m.source_key LIKE 'Observation/%' "
+        f"WHERE person_id = {person} ORDER BY measurement_concept_id",
     )
     assert rows == [
         (3004249, 127.0, 8876, dt.date(2021, 4, 5)),  # systolic, mm[Hg]
@@ -115,6 +144,28 @@ def test_measurements_with_units(loaded: Path) -> None:
         "SELECT observation_concept_id, value_as_string FROM cdm.observation "
         f"WHERE person_id = {person} AND value_as_string IS NOT NULL",
     ) == (43054909, "former smoker, quit in 2010")
+
+
+def test_allergy_to_a_drug_is_an_observation_not_an_exposure(loaded: Path) -> None:
+    """AllergyIntolerance 1b2ce4a9 is coded by its substance (RxNorm 1191, aspirin): the fact
+    recorded is the allergy, so it stays an observation with the drug as its value."""
+    key = "AllergyIntolerance/1b2ce4a9-9773-f40f-6692-cb4d1283a9ca"
+    (aspirin,) = _one(
+        loaded,
+        "SELECT concept_id FROM vocab.concept WHERE vocabulary_id = 'RxNorm' "
+        "AND concept_code = '1191'",
+    )
+    value, source_value = _one(
+        loaded,
+        "SELECT value_as_concept_id, observation_source_value FROM cdm.observation "
+        "WHERE observation_id = ?",
+        _id_of(loaded, "observation", key),
+    )
+    assert (value, source_value) == (aspirin, "1191")
+    (exposures,) = _one(
+        loaded, "SELECT count(*) FROM etl.id_map WHERE source_key LIKE ?", f"%:{key}"
+    )
+    assert exposures == 0
 
 
 def test_bundle_resources_and_urn_uuid_references(loaded: Path) -> None:
@@ -158,15 +209,16 @@ def test_counts_per_type_match_the_source_files(loaded: Path, shared_data: Path)
     assert _one(loaded, "SELECT count(*) FROM cdm.person") == (persons,)
     assert _one(loaded, "SELECT count(*) FROM cdm.observation_period") == (persons,)
     assert _one(loaded, "SELECT count(*) FROM cdm.visit_occurrence") == (expected["Encounter"] + 1,)
-    assert _one(loaded, "SELECT count(*) FROM cdm.condition_occurrence") == (
-        expected["Condition"] + 1,
-    )
-    assert _one(loaded, "SELECT count(*) FROM cdm.procedure_occurrence") == (expected["Procedure"],)
-    drugs = expected["MedicationRequest"] + expected["Immunization"] + 1
-    assert _one(loaded, "SELECT count(*) FROM cdm.drug_exposure") == (drugs,)
-    assert _one(loaded, "SELECT count(*) FROM cdm.device_exposure") == (expected["Device"],)
-    observations = expected["AllergyIntolerance"] + 2  # and the fixture's two non-measurements
-    assert _one(loaded, "SELECT count(*) FROM cdm.observation") == (observations,)
+    # Event rows by resource type, in whichever table their concept's domain put them.
+    assert _rows_from(loaded, "Condition") == expected["Condition"] + 1
+    assert _rows_from(loaded, "Procedure") == expected["Procedure"]
+    drugs = expected["MedicationRequest"] + expected["Immunization"] + 1  # and the Bundle's
+    medications = ("MedicationRequest", "MedicationStatement", "Immunization")
+    assert sum(_rows_from(loaded, t) for t in medications) == drugs
+    assert _rows_from(loaded, "Device") == expected["Device"]
+    assert _rows_from(loaded, "AllergyIntolerance") == expected["AllergyIntolerance"]
+    # and the fixture's two non-measurements
+    assert _rows_from(loaded, "Observation", ("observation",)) == 2
     deaths = _one(loaded, "SELECT count(*) FROM cdm.death")
     assert deaths == (3,)
 
@@ -224,3 +276,14 @@ def test_a_missing_source_is_an_input_error(
     status = main(["etl", "fhir", str(tmp_path / "nothing"), "--db", str(tmp_path / "x.duckdb")])
     assert status == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_dq_conformance_checks_pass(loaded: Path) -> None:
+    from ehds.omop.dq import run_dq
+
+    report = run_dq(CdmDatabase.parse(str(loaded)))
+    failed = [
+        (r.check.dqd_name, r.check.table, r.check.field) for r in report.failed("conformance")
+    ]
+    assert failed == [], "\n".join(map(str, failed))
+    assert not report.errors()

@@ -341,6 +341,12 @@ def map_procedure(resource: JsonDict, key: str, source: str) -> StagedRows:
     return [("procedure_occurrence", row)]
 
 
+SUBSTANCE_VOCABULARIES = frozenset({"RxNorm", "RxNorm Extension", "CVX", "NDC"})
+"""Vocabularies of substances rather than findings (an AllergyIntolerance coded by the drug)."""
+ALLERGY_TO_SUBSTANCE = "419199007"
+"""SNOMED CT 'Allergy to substance (finding)'."""
+
+
 def map_allergy(resource: JsonDict, key: str, source: str) -> StagedRows:
     verification = first_code(resource.get("verificationStatus"), "verificationStatus")
     if verification in ("entered-in-error", "refuted"):
@@ -355,7 +361,20 @@ def map_allergy(resource: JsonDict, key: str, source: str) -> StagedRows:
         "observation_datetime": start_time,
         "observation_type_concept_id": codes.EHR_TYPE_CONCEPT,
     }
-    _code(row, "observation_concept_id", resource.get("code"), "code", "observation_source_value")
+    picked = pick_coding(resource.get("code"), "code")
+    if picked is not None and picked[0] in SUBSTANCE_VOCABULARIES:
+        # A substance is what the patient reacts to, not the fact recorded: staged as the value
+        # of an "allergy to substance" observation, so that domain routing (which follows the
+        # main concept) never turns an allergy to a drug into an exposure to it.
+        row["observation_concept_id__vocab"] = "SNOMED"
+        row["observation_concept_id__code"] = ALLERGY_TO_SUBSTANCE
+        row["value_as_concept_id__vocab"], row["value_as_concept_id__code"] = picked
+        row["observation_source_value"] = picked[1]
+        row["value_source_value"] = picked[1]
+    else:
+        _code(
+            row, "observation_concept_id", resource.get("code"), "code", "observation_source_value"
+        )
     _visit(row, resource)
     return [("observation", row)]
 
