@@ -126,7 +126,9 @@ def _parquet(paths: Sequence[object]) -> str:
     return f"read_parquet([{files}], union_by_name = true)"
 
 
-def _resolution_order(tables: Sequence[str]) -> list[str]:
+def resolution_order(tables: Sequence[str]) -> list[str]:
+    """Referenced tables before those that reference them, so that each foreign key resolves
+    against keys already assigned; the Spark commit follows the same order."""
     first = [t for t in _FK_ORDER if t in tables]
     return first + sorted(t for t in tables if t not in _FK_ORDER)
 
@@ -147,7 +149,7 @@ def commit_staging(
     clock = time.perf_counter()
     owned = list(dict.fromkeys(tables))
     _check(area, owned, mode, id_offset)
-    staged = _resolution_order([t for t in area.tables() if t in owned])
+    staged = resolution_order([t for t in area.tables() if t in owned])
     report = EtlReport(0, connector, source, db.describe(), mode)
     with bulk_writer(db) as writer:
         store = EtlStore(writer)
@@ -383,7 +385,7 @@ def _restaged(store: EtlStore, staged: list[str]) -> None:
 def _deletable(staged: list[str]) -> list[str]:
     """The tables incremental mode deletes re-staged keys from."""
     if set(staged) & set(ROUTED_TABLES):
-        return _resolution_order(list({*staged, *ROUTED_TABLES}))
+        return resolution_order(list({*staged, *ROUTED_TABLES}))
     return staged
 
 
@@ -422,7 +424,7 @@ def _route(store: EtlStore, db: CdmDatabase, staged: list[str], report: EtlRepor
             work.execute(f"CREATE OR REPLACE TEMP TABLE {_stg(target)} AS {sql}")
             present.add(target)
         report.routed.append(RoutedCounts(origin, target, n))
-    return _resolution_order(list(present))
+    return resolution_order(list(present))
 
 
 def _domain_concepts(store: EtlStore, db: CdmDatabase, origins: list[str]) -> str:

@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812  (Spark's own convention)
 from pyspark.sql import types as T  # noqa: N812
 
-from ehds.connectors.commit import _resolution_order
+from ehds.connectors.commit import resolution_order
 from ehds.connectors.domains import ROUTE, ROUTED_TABLES, kept_sql, moved_sql, route_sql
 from ehds.connectors.ids import (
     CODE_SUFFIX,
@@ -160,7 +160,7 @@ def _commit(
     report: EtlReport,
     id_offset: int,
 ) -> None:
-    staged = _resolution_order(list(run.tables))
+    staged = resolution_order(list(run.tables))
     for table in staged:
         raw = f"etl_raw_{table}"
         frame = run.tables[table]
@@ -238,7 +238,7 @@ def _route(work: _Work, staged: list[str], report: EtlReport) -> list[str]:
         frames += moved_frames
         work.keep(_stg(target), functools.reduce(DataFrame.unionByName, frames))
         present.add(target)
-    return _resolution_order(list(present))
+    return resolution_order(list(present))
 
 
 def _map_codes(work: _Work, staged: list[str]) -> None:
