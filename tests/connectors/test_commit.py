@@ -11,7 +11,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from etl_fixtures import ListConnector
 
 from ehds.connectors.commit import CommitError, commit_staging
 from ehds.connectors.connector import run_connector
@@ -19,6 +18,7 @@ from ehds.connectors.rejection import Rejection
 from ehds.connectors.staging import StagingArea
 from ehds.omop.database import CdmDatabase
 from ehds.omop.vocabulary import load_vocabulary
+from etl_fixtures import ListConnector
 
 # Synthea27Nj vocabulary facts the assertions rely on.
 DIABETES = ("44054006", 201826)  # SNOMED standard

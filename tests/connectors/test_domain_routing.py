@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from etl_fixtures import ListConnector
 
 from ehds.connectors.connector import run_connector
 from ehds.connectors.domains import kept_sql, moved_sql, route_sql
@@ -17,6 +16,7 @@ from ehds.connectors.report import RoutedCounts
 from ehds.omop.database import CdmDatabase
 from ehds.omop.dq import run_dq
 from ehds.omop.vocabulary import load_vocabulary
+from etl_fixtures import ListConnector
 
 # Synthea27Nj vocabulary facts the assertions rely on.
 EMPLOYMENT = ("160903007", 4053118)  # SNOMED "Full-time employment": standard, Observation domain
