@@ -8,7 +8,11 @@ take a private copy through ``vocab_db``.
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -138,3 +142,32 @@ def copy_vocab_db(source: Path, directory: Path) -> Path:
 def vocab_db(synthea_vocab_db: Path, tmp_path: Path) -> Path:
     """This test's own copy of ``synthea_vocab_db`` (``tmp_path/synthea.duckdb``)."""
     return copy_vocab_db(synthea_vocab_db, tmp_path)
+
+
+SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false"}
+"""Tiny inputs: one shuffle partition and no adaptive re-planning keep the Spark tests fast."""
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One local SparkSession per test module (starting one costs seconds); skipped without
+    Java 17+, except in CI (CI=true), where that fails."""
+    from ehds.connectors.spark.session import (
+        SparkJobSettings,
+        SparkUnavailableError,
+        local_session,
+        require_java,
+    )
+
+    try:
+        require_java()
+    except SparkUnavailableError as error:
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{error} (CI=true)")
+        pytest.skip(str(error))
+    settings = SparkJobSettings(tmp_path_factory.mktemp("spark-session"), conf=SPARK_TEST_CONF)
+    with local_session(settings) as session:
+        yield session
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
+        gc.collect()

@@ -8,12 +8,8 @@ One SparkSession for the module; skipped without Java 17+, except in CI (CI=true
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import shutil
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -24,7 +20,7 @@ from ehds.connectors.connector import run_connector
 from ehds.connectors.mapping import MappingConnector, load_mapping
 from ehds.connectors.report import EtlReport
 from ehds.omop.database import CdmDatabase
-from ehds.omop.parquet_layout import table_files
+from etl_fixtures import db_rows, layout_rows
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,30 +28,6 @@ pytestmark = [
 ]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mapping"
-TEST_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false"}
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from ehds.connectors.spark.session import (
-        SparkJobSettings,
-        SparkUnavailableError,
-        local_session,
-        require_java,
-    )
-
-    try:
-        require_java()
-    except SparkUnavailableError as error:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{error} (CI=true)")
-        pytest.skip(str(error))
-    settings = SparkJobSettings(tmp_path_factory.mktemp("spark-csv-session"), conf=TEST_CONF)
-    with local_session(settings) as session:
-        yield session
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
-        gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -113,30 +85,15 @@ def layout(
     return root, json.loads(report.read_text(encoding="utf-8"))
 
 
-def _layout_rows(root: Path, table: str) -> list[tuple[object, ...]]:
-    files = table_files(root, table)
-    if not files:
-        return []
-    names = ", ".join(f"'{f}'" for f in files)
-    with duckdb.connect() as con:
-        sql = f"SELECT * FROM read_parquet([{names}]) ORDER BY ALL"
-        return [tuple(r) for r in con.execute(sql).fetchall()]
-
-
-def _db_rows(db: Path, table: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return [tuple(r) for r in con.execute(f"SELECT * FROM cdm.{table} ORDER BY ALL").fetchall()]
-
-
 def test_same_rows_and_ids_as_the_duckdb_run(
     layout: tuple[Path, dict[str, object]], duck: tuple[Path, EtlReport], extract: Path
 ) -> None:
     tables = load_mapping(extract).table_names()
     assert "condition_occurrence" in tables
     for table in tables:
-        expected = _db_rows(duck[0], table)
-        assert _layout_rows(layout[0], table) == expected, table
-    assert _db_rows(duck[0], "person")
+        expected = db_rows(duck[0], table)
+        assert layout_rows(layout[0], table) == expected, table
+    assert db_rows(duck[0], "person")
 
 
 def test_report_counts_match(
@@ -150,5 +107,5 @@ def test_report_counts_match(
 def test_local_code_mapped_through_source_to_concept_map(
     layout: tuple[Path, dict[str, object]],
 ) -> None:
-    rows = _layout_rows(layout[0], "condition_occurrence")
+    rows = layout_rows(layout[0], "condition_occurrence")
     assert any(row[2] == 4008261 for row in rows)  # condition_concept_id of HX-PSA

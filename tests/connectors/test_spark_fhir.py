@@ -10,12 +10,8 @@ except in CI (CI=true), where that fails.
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 import shutil
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +27,7 @@ from ehds.connectors.fhir.mappers import TABLES
 from ehds.connectors.report import EtlReport
 from ehds.omop.database import CdmDatabase
 from ehds.omop.parquet_layout import is_layout, table_files
+from etl_fixtures import db_rows, layout_rows
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,31 +39,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "fhir"
 PATIENT = "Patient/6a4160eb-a793-2f86-2302-378626f46cce"
 ID_OFFSET = 1000
 """Both runs number ids above it: the ids compared test the offset too."""
-TEST_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false"}
-"""Tiny inputs: one shuffle partition and no adaptive re-planning keep the module fast."""
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from ehds.connectors.spark.session import (
-        SparkJobSettings,
-        SparkUnavailableError,
-        local_session,
-        require_java,
-    )
-
-    try:
-        require_java()
-    except SparkUnavailableError as error:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{error} (CI=true)")
-        pytest.skip(str(error))
-    settings = SparkJobSettings(tmp_path_factory.mktemp("spark-fhir-session"), conf=TEST_CONF)
-    with local_session(settings) as session:
-        yield session
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
-        gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -106,29 +78,12 @@ def layout(
     return root, json.loads(report.read_text(encoding="utf-8"))
 
 
-def _layout_rows(root: Path, table: str) -> list[tuple[object, ...]]:
-    files = table_files(root, table)
-    if not files:
-        return []
-    names = ", ".join(f"'{f}'" for f in files)
-    with duckdb.connect() as con:
-        return [
-            tuple(r)
-            for r in con.execute(f"SELECT * FROM read_parquet([{names}]) ORDER BY ALL").fetchall()
-        ]
-
-
-def _db_rows(db: Path, table: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return [tuple(r) for r in con.execute(f"SELECT * FROM cdm.{table} ORDER BY ALL").fetchall()]
-
-
 @pytest.mark.parametrize("table", TABLES)
 def test_same_rows_and_ids_as_the_duckdb_connector(
     table: str, layout: tuple[Path, dict[str, Any]], duck: tuple[Path, EtlReport]
 ) -> None:
-    expected = _db_rows(duck[0], table)
-    assert _layout_rows(layout[0], table) == expected
+    expected = db_rows(duck[0], table)
+    assert layout_rows(layout[0], table) == expected
 
 
 def test_sample_is_not_trivial(duck: tuple[Path, EtlReport]) -> None:
@@ -143,7 +98,7 @@ def test_sample_is_not_trivial(duck: tuple[Path, EtlReport]) -> None:
         "observation_period",
         "death",
     ):
-        assert _db_rows(duck[0], table), table
+        assert db_rows(duck[0], table), table
 
 
 def test_report_counts_match(
@@ -190,9 +145,9 @@ def test_layout_is_typed_as_the_models(layout: tuple[Path, dict[str, Any]]) -> N
 
 
 def test_a_patient_as_in_the_source(layout: tuple[Path, dict[str, Any]]) -> None:
-    rows = [r for r in _layout_rows(layout[0], "person") if r[11] == PATIENT.split("/")[1]]
+    rows = [r for r in layout_rows(layout[0], "person") if r[11] == PATIENT.split("/")[1]]
     assert len(rows) == 1
-    ids = sorted(int(str(r[0])) for r in _layout_rows(layout[0], "person"))
+    ids = sorted(int(str(r[0])) for r in layout_rows(layout[0], "person"))
     assert ids == list(range(ID_OFFSET + 1, ID_OFFSET + 15))  # 14 persons, above the offset
     assert rows[0][1:4] == (8532, 1963, 7)  # female, born 1963-07
 
@@ -200,7 +155,7 @@ def test_a_patient_as_in_the_source(layout: tuple[Path, dict[str, Any]]) -> None
 def test_loads_with_omop_load(layout: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     target = tmp_path / "loaded.duckdb"
     assert main(["omop", "load", "--from", str(layout[0]), "--db", str(target)]) == 0
-    assert _db_rows(target, "person") == _layout_rows(layout[0], "person")
+    assert db_rows(target, "person") == layout_rows(layout[0], "person")
     with duckdb.connect(str(target), read_only=True) as con:
         row = con.execute("SELECT count(*) FROM vocab.concept").fetchone()
     assert row is not None
