@@ -271,3 +271,21 @@ def test_sqlite_is_opened_read_only(node: Process) -> None:
             conn.execute(node.log.table.delete())
     finally:
         reader.dispose()
+
+
+def test_coordinator_state_url_from_a_secret_file(tmp_path: Path) -> None:
+    """A Kubernetes coordinator's config names its PostgreSQL URL by file (state.url_file)."""
+    from ehds.audit.state_source import state_from_config
+
+    secret = tmp_path / "db" / "url"
+    secret.parent.mkdir()
+    secret.write_text("postgresql+psycopg://ehds:s3cret@db.example.eu/state\n")
+    config = tmp_path / "coordinator.yaml"
+    config.write_text("listen: {port: 50051}\nstate: {url_file: db/url}\n")
+    state = state_from_config(config)
+    assert state.url.get_backend_name() == "postgresql"
+    assert state.url.host == "db.example.eu"
+    secret.write_text("")
+    with pytest.raises(InputError, match=r"state\.url_file: .* is empty") as caught:
+        state_from_config(config)
+    assert "s3cret" not in str(caught.value)

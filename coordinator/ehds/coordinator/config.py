@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Self
 
 from pydantic import Field, model_validator
 
 from ehds.coordinator.service.oidc import OidcConfig
-from ehds.core.config import ConfigModel, ConfigPath, load_config
+from ehds.core.config import ConfigModel, ConfigPath, load_config, read_url_file
 from ehds.core.netconfig import Keepalive, Listen, TlsFiles
 from ehds.permits import HdabKeyConfig
 
@@ -18,9 +19,20 @@ class StateConfig(ConfigModel):
 
     A SQLAlchemy URL: ``sqlite:///coordinator.db`` (embedded default; a relative file is
     relative to this configuration file) or ``postgresql+psycopg://...`` for production.
+    ``url_file`` names a file holding that URL instead (a mounted Kubernetes Secret), so that
+    the database password never sits in the configuration; `load_coordinator_config` reads it
+    into ``url``, and the URL is never logged or quoted in an error.
     """
 
     url: str = "sqlite:///coordinator-state.db"
+    url_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        # ``url`` has a default, so only an explicit one conflicts with ``url_file``.
+        if self.url_file is not None and "url" in self.model_fields_set:
+            raise ValueError("give one of state.url and state.url_file, not both")
+        return self
 
 
 class FlConfig(ConfigModel):
@@ -110,11 +122,15 @@ class CoordinatorConfig(ConfigModel):
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
     config = load_config(CoordinatorConfig, path)
     url = config.state.url
+    if config.state.url_file is not None:
+        url = read_url_file(path, "state.url_file", config.state.url_file)
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
         # A relative SQLite file is relative to the configuration file, like every other path.
-        absolute = (path.parent / url[len(prefix) :]).resolve()
+        url = f"{prefix}{(path.parent / url[len(prefix) :]).resolve()}"
+    if url != config.state.url:
+        # Not validated again: the model checks only where the URL comes from, done above.
         config = config.model_copy(
-            update={"state": StateConfig(url=f"{prefix}{absolute}")}, deep=True
+            update={"state": config.state.model_copy(update={"url": url})}, deep=True
         )
     return config

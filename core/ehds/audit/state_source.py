@@ -21,6 +21,7 @@ import yaml
 from sqlalchemy.engine import URL, make_url
 
 from ehds.audit.table import TABLE_NAME, audit_table, read_lines
+from ehds.core.config import read_url_file
 from ehds.core.errors import InputError, StateError
 
 __all__ = [
@@ -80,11 +81,16 @@ def state_from_config(path: Path) -> StateDatabase:
         return StateDatabase(_sqlite_url(folder / state), certificate)
     if "listen" in document or isinstance(state, dict):
         url_text = COORDINATOR_DEFAULT_URL
-        if isinstance(state, dict) and state.get("url") is not None:
+        key = "state.url"
+        if isinstance(state, dict) and isinstance(state.get("url_file"), str):
+            # A Kubernetes install keeps the URL, with its password, in a mounted Secret.
+            key = "state.url_file"
+            url_text = read_url_file(path, key, folder / state["url_file"])
+        elif isinstance(state, dict) and state.get("url") is not None:
             url_text = state["url"]
         if not isinstance(url_text, str):
             raise InputError(f"{path}: state.url: expected a SQLAlchemy URL")
-        url = _parse_url(url_text, f"{path}: state.url")
+        url = _parse_url(url_text, f"{path}: {key}")
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             url = url.set(database=str(folder / url.database))
         return StateDatabase(url, certificate)

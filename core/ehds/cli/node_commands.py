@@ -1,5 +1,6 @@
-"""`ehds node serve|check|policy|review|privacy`: run a node agent, check its configuration,
-explain its policy, review the results it holds for release, and show its privacy budget."""
+"""`ehds node serve|check|migrate|policy|review|privacy`: run a node agent, check its
+configuration, migrate its state database, explain its policy, review the results it holds for
+release, and show its privacy budget."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ehds.node.config import CdmConfig
     from ehds.node.review import ReviewStore
 
 
@@ -46,6 +48,17 @@ def register(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     check.add_argument("--config", type=Path, required=True, help="node.yaml")
     check.set_defaults(handler=_check)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or bring the state database to this version's schema (serve does it too)",
+        description="Creates the node's state database (`state` in node.yaml) or migrates it to "
+        "the newest schema, then prints 'state database at revision REV'. No node needs to "
+        "run (a Kubernetes initContainer runs it before the node starts); it refuses while a "
+        "running node holds the state file.",
+    )
+    migrate.add_argument("--config", type=Path, required=True, help="node.yaml")
+    migrate.set_defaults(handler=_migrate)
 
     _register_policy(commands)
     _register_review(commands)
@@ -182,12 +195,40 @@ def _check(args: argparse.Namespace) -> int:
         )
     if not result.cdm_readable:
         print(
-            f"ehds: error: cannot read cdm_source in the CDM {result.config.cdm.url} "
+            f"ehds: error: cannot read cdm_source in the CDM {_cdm_shown(result.config.cdm)} "
             "(run with -v for the reason)",
             file=sys.stderr,
         )
         status = 1
     return status
+
+
+def _cdm_shown(cdm: CdmConfig) -> str:
+    """Where the CDM is, safe to print: a PostgreSQL URL holds a password."""
+    if cdm.spark is not None:
+        return str(cdm.spark.parquet)
+    assert cdm.url is not None
+    return cdm.database(cdm.url).describe()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from alembic.migration import MigrationContext
+
+    from ehds.node.config import load_node_config
+    from ehds.node.state import NodeState
+    from ehds.node.state_db import sqlite_engine
+
+    path = load_node_config(args.config).state
+    # The node's own start-up path: the same lock (a running node refuses it) and migrations.
+    with NodeState.open(path):
+        engine = sqlite_engine(path)
+        try:
+            with engine.connect() as connection:
+                revision = MigrationContext.configure(connection).get_current_revision()
+        finally:
+            engine.dispose()
+    print(f"state database at revision {revision}")
+    return 0
 
 
 def _policy_explain(args: argparse.Namespace) -> int:

@@ -133,3 +133,22 @@ def load_config(model: type[M], path: Path) -> M:
     """Read ``path`` and validate it into ``model``, reporting every problem at once."""
     data, key_lines = parse_yaml(path)
     return validate(model, data, path, key_lines)
+
+
+def read_url_file(config_path: Path, key: str, file: Path) -> str:
+    """The database URL held in ``file`` (a mounted Kubernetes Secret), surrounding whitespace
+    removed; `ConfigError` naming ``key`` and the file when it cannot be read, is empty or
+    spans lines. The file's content is never quoted: it holds a password."""
+    try:
+        url = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(config_path, [f"{key}: cannot read {file} ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(config_path, [f"{key}: {file} is not UTF-8 text"]) from None
+    if not url:
+        raise ConfigError(config_path, [f"{key}: {file} is empty (expected a database URL)"])
+    if "\n" in url or "\r" in url:
+        raise ConfigError(
+            config_path, [f"{key}: {file} holds several lines (expected one database URL)"]
+        )
+    return url

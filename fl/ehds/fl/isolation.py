@@ -3,7 +3,9 @@
 Two layers. The kernel one: the worker moves into a fresh network namespace, which has no
 interface but a loopback that is down, so no socket can reach the node's own services, the
 host or the internet, whatever code opens it (C extensions, ctypes, child processes). It needs
-CAP_SYS_ADMIN (root, as in our containers) or an unprivileged user namespace. The Python one:
+CAP_SYS_ADMIN or an unprivileged user namespace, which our containers usually cannot have (uid
+10001, every capability dropped, the RuntimeDefault seccomp profile): there the worker reports
+"audit", and the Python layer and the pod's NetworkPolicy remain. The Python one:
 an audit hook that refuses name resolution and every connect/bind/sendto/sendmsg on any
 socket, Unix ones included (a network namespace does not hide the host's filesystem sockets,
 such as a database's); it stays when the namespace could not be made and backs it up when it

@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from ehds.core.config import ConfigModel, ConfigPath, load_config
+from ehds.core.config import ConfigError, ConfigModel, ConfigPath, load_config, read_url_file
 from ehds.core.netconfig import CoordinatorEndpoint, Keepalive, Listen, TlsFiles
 from ehds.omop.database import Backend, CdmDatabase, DatabaseUrlError, parse_url
 from ehds.omop.schema.layout import SchemaNames
@@ -51,9 +51,15 @@ class SparkConfig(ConfigModel):
 
 class CdmConfig(ConfigModel):
     """The node's own OMOP CDM and the engine that reads it: a DuckDB file path or a SQLAlchemy
-    URL (PostgreSQL) in ``url``, or a Parquet layout read by Spark in ``spark``."""
+    URL (PostgreSQL) in ``url``, or in the file ``url_file`` (a mounted Kubernetes Secret, so
+    that the password never sits in the configuration), or a Parquet layout read by Spark in
+    ``spark``.
+
+    `load_node_config` reads ``url_file`` into ``url`` and checks it as it checks ``url`` here;
+    the URL is never quoted in an error, since it holds a password."""
 
     url: str | None = None
+    url_file: ConfigPath | None = None
     spark: SparkConfig | None = None
     schemas: CdmSchemas = CdmSchemas()
     # DuckDB only: the node-owned DuckDB file for cohorts and the release guard's memory (the
@@ -62,27 +68,23 @@ class CdmConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _one_engine(self) -> Self:
-        if (self.url is None) == (self.spark is None):
-            raise ValueError("give exactly one of cdm.url (DuckDB or PostgreSQL) and cdm.spark")
+        given = [self.url is not None, self.url_file is not None, self.spark is not None]
+        if given.count(True) != 1:
+            raise ValueError(
+                "give exactly one of cdm.url (DuckDB or PostgreSQL), cdm.url_file (a file "
+                "holding that URL) and cdm.spark"
+            )
         if self.url is not None:
-            schemas = self.schemas
             try:
-                database = CdmDatabase(
-                    parse_url(self.url),
-                    SchemaNames(cdm=schemas.cdm, vocab=schemas.vocab, results=schemas.results),
-                )
+                database = self.database(self.url)
             except (DatabaseUrlError, ValueError) as exc:
                 raise ValueError(f"cdm.url: {exc}") from None
-            backend = database.backend.value
-            if self.results is not None and backend != Backend.DUCKDB.value:
-                raise ValueError(
-                    "cdm.results is for a DuckDB CDM only (PostgreSQL writes cohorts to the "
-                    "results schema of its own database)"
-                )
-        elif self.results is not None:
+            self.check_results(database.backend)
+        elif self.spark is not None and self.results is not None:
             raise ValueError(
                 "cdm.results is for a DuckDB CDM only (Spark writes cohorts to cdm.spark.warehouse)"
             )
+        # url_file: the engine is known once `load_node_config` has read the file.
         if self.results is not None:
             names = (self.schemas.cdm, self.schemas.vocab, self.schemas.results)
             if self.results.stem in names:
@@ -92,6 +94,24 @@ class CdmConfig(ConfigModel):
                     "choose another file name"
                 )
         return self
+
+    def schema_names(self) -> SchemaNames:
+        """``schemas`` as the CDM code takes them; `ValueError` when they clash."""
+        schemas = self.schemas
+        return SchemaNames(cdm=schemas.cdm, vocab=schemas.vocab, results=schemas.results)
+
+    def database(self, url: str) -> CdmDatabase:
+        """``url`` with this configuration's schemas; `DatabaseUrlError` or `ValueError` when
+        the node cannot use it."""
+        return CdmDatabase(parse_url(url), self.schema_names())
+
+    def check_results(self, backend: Backend) -> None:
+        """`ValueError` when ``results`` is given for a CDM that is not DuckDB."""
+        if self.results is not None and backend is not Backend.DUCKDB:
+            raise ValueError(
+                "cdm.results is for a DuckDB CDM only (PostgreSQL writes cohorts to the "
+                "results schema of its own database)"
+            )
 
     @property
     def engine(self) -> EngineName:
@@ -139,12 +159,41 @@ class NodeConfig(ConfigModel):
         return self.state.parent / DEFAULT_SPARK_WAREHOUSE
 
 
+def _url_from_file(config_path: Path, cdm: CdmConfig, file: Path) -> str:
+    """The CDM URL in ``file``, checked as `CdmConfig` checks ``cdm.url``. Errors say what is
+    wrong without quoting the URL, as the parser's own messages would."""
+    url = read_url_file(config_path, "cdm.url_file", file)
+    try:
+        names = cdm.schema_names()
+    except ValueError as exc:
+        raise ConfigError(config_path, [f"cdm.schemas: {exc}"]) from None
+    try:
+        database = CdmDatabase(parse_url(url), names)
+    except (DatabaseUrlError, ValueError):
+        raise ConfigError(
+            config_path,
+            [
+                f"cdm.url_file: {file} does not hold a CDM URL the node can use (expected "
+                "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE, duckdb:///FILE or a DuckDB "
+                "file path ending in .duckdb, not named after a CDM schema)"
+            ],
+        ) from None
+    try:
+        cdm.check_results(database.backend)
+    except ValueError as exc:
+        raise ConfigError(config_path, [str(exc)]) from None
+    return url
+
+
 def load_node_config(path: Path) -> NodeConfig:
     config = load_config(NodeConfig, path)
     url = config.cdm.url
+    if config.cdm.url_file is not None:
+        url = _url_from_file(path, config.cdm, config.cdm.url_file)
     if url is not None and "://" not in url and not Path(url).is_absolute():
         # A DuckDB file given as a relative path is relative to this configuration file.
-        config = config.model_copy(
-            update={"cdm": config.cdm.model_copy(update={"url": str(path.parent / url)})}
-        )
+        url = str(path.parent / url)
+    if url != config.cdm.url:
+        # Not validated again: the URL was checked above, or by the model.
+        config = config.model_copy(update={"cdm": config.cdm.model_copy(update={"url": url})})
     return config
