@@ -39,6 +39,8 @@ class Effects:
     completed: list[tuple[str, float]] = field(default_factory=list)  # (label, latency s)
     failed: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    # Rounds of iterative studies that ended: (label, seconds from first dispatch to end).
+    rounds_ended: list[tuple[str, float]] = field(default_factory=list)
     studies_submitted: int = 0
 
     def send(self, node: str, message: CoordinatorMessage) -> None:
@@ -56,4 +58,5 @@ class Effects:
         self.completed.extend(other.completed)
         self.failed.update(other.failed)
         self.refused.update(other.refused)
+        self.rounds_ended.extend(other.rounds_ended)
         self.studies_submitted += other.studies_submitted

@@ -191,6 +191,7 @@ class CoordinatorServer:
         engine = create_state_engine(config.state.url)
         self._db = DatabaseWorker(engine)
         await self._db.call(lambda: upgrade(engine))
+        self.metrics.state.watch(engine)
         self._revocation = RevocationChecker(
             None if self.insecure else config.revocation.crl,
             ca_pem,
@@ -274,6 +275,7 @@ class CoordinatorServer:
         if self._dispatcher is not None:
             await self._dispatcher.stop()
             self._dispatcher = None
+        self.metrics.state.watch(None)
         if self._db is not None:
             await self._db.close()
             self._db = None

@@ -194,6 +194,7 @@ class NodeAgent:
         self._policy = _site_policy(config, policy)
         self._state = state
         state.attach_audit(node_audit_log(config))
+        self.metrics.follow_audit_chain(lambda: state.audit_head)
         # The key that signs this stream's assignments (from its Welcome); None: refuse all.
         self._signer: AssignmentSigner | None = None
         self._retention_sweep = retention_sweep_seconds

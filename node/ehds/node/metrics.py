@@ -6,8 +6,11 @@ that tests and several agents in one process do not share counters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ehds.audit import AuditRef
 from ehds.federation.model import AnalysisRef, ErrorCode
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -64,6 +67,24 @@ class NodeMetrics:
             ["analysis", "rule"],
             registry=self.registry,
         )
+        # Read when scraped (`follow_audit_chain`), never counted here: after a restart it is
+        # the chain's length in the state database, not the entries since the start.
+        self.audit_chain_length = Gauge(
+            "ehds_node_audit_chain_length",
+            "Entries in the node's own audit chain (0 until the agent attaches it)",
+            registry=self.registry,
+        )
+
+    def follow_audit_chain(self, head: Callable[[], AuditRef | None]) -> None:
+        """Report the length of the chain whose head ``head()`` returns (`NodeState.audit_head`:
+        kept in memory, read from the database when the chain is attached, so a scrape costs
+        no query). The chain is numbered 1, 2, ... without gaps: its head's seq is its length."""
+
+        def length() -> float:
+            ref = head()
+            return 0.0 if ref is None else float(ref.seq)
+
+        self.audit_chain_length.set_function(length)
 
     def task_ended(self, analysis: AnalysisRef, code: ErrorCode | None, seconds: float) -> None:
         label = str(analysis)

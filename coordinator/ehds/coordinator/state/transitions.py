@@ -97,6 +97,7 @@ __all__ = [
     "Viewer",
     "chunks",
     "node_actor",
+    "round_seconds",
     "study_subject",
     "task_subject",
 ]
@@ -172,6 +173,18 @@ def new_task(study_id: str, node: str, round_number: int, now: datetime) -> Task
         updated_at=now,
         cancel_pending=False,
     )
+
+
+def round_seconds(tasks: Sequence[TaskRow], now: datetime) -> float | None:
+    """How long a round that ends ``now`` took, from its first dispatch: None when it did not
+    end in this transaction (no task of it ended ``now``: a deadline on a hosted study whose
+    round had already ended, timed then) or none of its tasks was ever sent."""
+    if not any(task.ended_at == now for task in tasks):
+        return None
+    sent = [task.dispatched_at for task in tasks if task.dispatched_at is not None]
+    if not sent:
+        return None
+    return max(0.0, (now - min(sent)).total_seconds())
 
 
 def to_model_ref(ref: AuditRef | None) -> model.AuditRef | None:
@@ -663,6 +676,9 @@ class Transitions:
         """Every task of an iterative study's current round has ended: fail the study, start
         the next round, or finish it (see the module docstring)."""
         released = [task for task in tasks if task.state == NodeTaskState.RELEASED.name]
+        seconds = round_seconds(tasks, now)
+        if seconds is not None:
+            effects.rounds_ended.append((analysis_label(study), seconds))
         if is_hosted(analysis):
             self._end_hosted_round(session, now, study, tasks, released=released, effects=effects)
             return
