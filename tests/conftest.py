@@ -17,6 +17,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
+pytest_plugins = ["area_budgets"]
+
 POSTGRES_URL_ENV = "EHDS_TEST_POSTGRES_URL"
 
 
