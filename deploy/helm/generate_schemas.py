@@ -136,6 +136,9 @@ class Common(_Values):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)
     tmpSize: str = Field(default="1Gi", description="size limit of the /tmp emptyDir")
+    logLevel: Literal["info", "warning"] = Field(
+        default="info", description="info: `ehds -v` (connections, policy, isolation lines)"
+    )
     tls: Tls = Tls()
     persistence: Persistence = Persistence()
     metrics: Metrics = Metrics()

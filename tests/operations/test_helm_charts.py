@@ -74,6 +74,12 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod.get("initContainers", []), *pod["containers"]]
 
 
+def _command(container: dict[str, Any]) -> list[str]:
+    """The `ehds` subcommand a container runs, without the global log flag."""
+    args: list[str] = container["args"]
+    return args[1:] if args[:1] == ["-v"] else args
+
+
 # ----------------------------------------------------------------------------- the charts
 
 
@@ -401,14 +407,14 @@ def test_upgrades_never_run_two_writers(rendered: dict[str, Rendered], values_fi
     pod = deployment["spec"]["template"]["spec"]
     chart = chart_of(values_file)
     external = "database" in load_values(values_file)
-    init = [container["args"][:2] for container in pod.get("initContainers", [])]
+    init = [_command(container)[:2] for container in pod.get("initContainers", [])]
     jobs = manifests.of_kind("Job")
     if external:
         # PostgreSQL: one hook Job migrates before Helm touches the Deployment.
         assert init == []
         (job,) = jobs
         assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-        assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
+        assert _command(job["spec"]["template"]["spec"]["containers"][0])[:2] == [
             chart,
             "migrate",
         ]
@@ -507,3 +513,16 @@ def test_a_file_the_policy_names_must_be_shipped(charts: dict[str, Path]) -> Non
     values["files"] = {}
     with pytest.raises(helm_python.HelmRenderError, match=r"policy\.hdab_keys\.0\.public_key"):
         render(charts["node"], values)
+
+
+@pytest.mark.parametrize(("level", "flags"), [("info", ["-v"]), ("warning", [])])
+def test_log_level_sets_the_ehds_verbosity(
+    charts: dict[str, Path], level: str, flags: list[str]
+) -> None:
+    values = load_values(HELM_DIR / "values" / "node-minimal.yaml")
+    values["logLevel"] = level
+    pod = render(charts["node"], values).one("Deployment")["spec"]["template"]["spec"]
+    assert [container["args"] for container in _containers(pod)] == [
+        [*flags, "node", "migrate", "--config", "/etc/ehds/config/node.yaml"],
+        [*flags, "node", "serve", "--config", "/etc/ehds/config/node.yaml"],
+    ]

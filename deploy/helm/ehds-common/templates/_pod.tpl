@@ -129,3 +129,10 @@ spec:
 {{- define "ehds.pvcName" -}}
 {{- .Values.persistence.existingClaim | default (printf "%s-state" (include "ehds.fullname" .)) -}}
 {{- end -}}
+
+{{/* The `ehds` arguments of a container: the log level, then the command. */}}
+{{- define "ehds.args" -}}
+{{- $args := list -}}
+{{- if eq .ctx.Values.logLevel "info" -}}{{- $args = append $args "-v" -}}{{- end -}}
+{{- concat $args .command | toJson -}}
+{{- end -}}
