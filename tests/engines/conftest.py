@@ -8,13 +8,12 @@ Java is missing, except in CI (CI=true), where they fail: tests/run.sh installs 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from ehds.connectors.spark.session import java_major
 from ehds.omop.database import CdmDatabase
 from ehds.omop.parquet_layout import export_layout
 from ehds.omop.synth import SynthOptions, generate
@@ -52,25 +51,10 @@ def truth(cdm_file: Path) -> dict[str, int]:
     return counts
 
 
-def _java_major() -> int | None:
-    java = shutil.which("java")
-    if java is None:
-        return None
-    done = subprocess.run(
-        [java, "-version"], check=False, capture_output=True, text=True, timeout=30
-    )
-    for line in done.stderr.splitlines():
-        if "version" in line and '"' in line:
-            version = line.split('"')[1].removeprefix("1.")
-            head = version.split(".")[0].split("-")[0].split("+")[0]
-            return int(head) if head.isdigit() else None
-    return None
-
-
 @pytest.fixture(scope="session")
 def java() -> None:
     """Spark 4 needs Java 17+: skip without it, fail in CI."""
-    major = _java_major()
+    major = java_major()
     if major is None or major < 17:
         message = f"Spark needs Java 17+ (found: {major or 'none'}); tests/run.sh installs it"
         if os.environ.get("CI", "").strip().lower() == "true":

@@ -212,19 +212,16 @@ def _cdm_shown(cdm: CdmConfig) -> str:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from alembic.migration import MigrationContext
-
     from ehds.node.config import load_node_config
     from ehds.node.state import NodeState
-    from ehds.node.state_db import sqlite_engine
+    from ehds.node.state_db import schema_revision, sqlite_engine
 
     path = load_node_config(args.config).state
     # The node's own start-up path: the same lock (a running node refuses it) and migrations.
     with NodeState.open(path):
         engine = sqlite_engine(path)
         try:
-            with engine.connect() as connection:
-                revision = MigrationContext.configure(connection).get_current_revision()
+            revision = schema_revision(engine, path)
         finally:
             engine.dispose()
     print(f"state database at revision {revision}")

@@ -48,15 +48,20 @@ def sqlite_engine(path: Path) -> sa.Engine:
     return engine
 
 
+def schema_revision(engine: sa.Engine, path: Path) -> str | None:
+    """The migration the state database at ``path`` is at (None: none yet)."""
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except sa.exc.DBAPIError:
+        raise NodeStateError(f"state database {path} cannot be read") from None
+
+
 def require_current_schema(engine: sa.Engine, path: Path) -> None:
     """`NodeStateError` unless the database is at the newest migration (a tool that does not
     migrate must not write into an older or newer schema)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    try:
-        with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    except sa.exc.DBAPIError:
-        raise NodeStateError(f"state database {path} cannot be read") from None
+    current = schema_revision(engine, path)
     if current != head:
         raise NodeStateError(
             f"state database {path} is at schema {current or 'none'}, this software expects "
