@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, make_url
 pytest_plugins = ["area_budgets"]
 
 POSTGRES_URL_ENV = "EHDS_TEST_POSTGRES_URL"
+POSTGRES_ADMIN_URL_ENV = "EHDS_TEST_POSTGRES_ADMIN_URL"
 
 
 def _in_ci() -> bool:
@@ -59,8 +60,12 @@ def fresh_postgres_url(postgres_url: str, request: pytest.FixtureRequest) -> Ite
     try:
         yield base.set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(_libpq_conninfo(base), autocommit=True) as conn:
-            # FORCE terminates connections the test left open (e.g. an undisposed pool).
+        # As the superuser where tests/run.sh gives one: FORCE terminates the connections the
+        # test left open (e.g. an undisposed pool), and an autovacuum worker that happens to be
+        # in the new database belongs to a role `ehds` may not signal.
+        admin = os.environ.get(POSTGRES_ADMIN_URL_ENV)
+        owner = make_url(admin) if admin else base
+        with psycopg.connect(_libpq_conninfo(owner), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
